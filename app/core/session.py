@@ -1,0 +1,374 @@
+"""The state behind the Segment dock, without Qt: image, model engine, label map, history.
+
+A :class:`SegmentSession` owns one :class:`~app.core.image.Volume`, the label map being built for
+it, the undo history and (once a model is chosen) an engine. The dock drives it from the GUI
+thread and runs :meth:`SegmentSession.predict` and :func:`propagate_object` in its engine thread;
+the session itself does no threading. Tests and scripts use it directly.
+
+Conventions: label maps are ``(Z, Y, X)`` ``uint16`` (0 = background); a 2D image is a volume
+with ``Z == 1``. Prompts are in original-image pixels (:class:`~app.core.models.base.Prompt`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.core.image import Image2D, Volume, Window
+from app.core.models.base import Candidates, Prompt
+from app.core.undo import CompoundEdit, LabelEdit, UndoStack
+
+__all__ = [
+    "SegmentSession",
+    "PropagationStep",
+    "propagate_object",
+    "box_from_mask",
+    "choose_candidate",
+    "RecoveryStore",
+    "LABEL_DTYPE",
+]
+
+LABEL_DTYPE = np.uint16
+
+
+def box_from_mask(mask: np.ndarray, margin_px: int = 0) -> np.ndarray | None:
+    """Tight inclusive ``[x0, y0, x1, y1]`` box around ``mask`` (bool, (H, W)), grown by a margin.
+
+    Returns None for an empty mask.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = mask.shape
+    return np.array(
+        [
+            max(int(cols[0]) - margin_px, 0),
+            max(int(rows[0]) - margin_px, 0),
+            min(int(cols[-1]) + margin_px, w - 1),
+            min(int(rows[-1]) + margin_px, h - 1),
+        ],
+        dtype=np.float32,
+    )
+
+
+def choose_candidate(candidates: Candidates) -> int:
+    """The candidate to preselect: the highest predicted IoU when the outputs can be ranked,
+    else output 0 (LiteMedSAM's extra outputs are near-copies on another score scale)."""
+    if len(candidates) == 1 or not candidates.meaningful:
+        return 0
+    return candidates.best_index
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+class SegmentSession:
+    """Image + label map + undo history + engine for one open image.
+
+    Parameters
+    ----------
+    volume : Volume
+        The image being segmented; 2D pictures have ``Z == 1``.
+    engine : object or None
+        An :class:`app.core.engine.Engine` (``embed``/``predict``); may be set later.
+    labels : ndarray, shape (Z, Y, X), optional
+        An existing label map to continue (e.g. restored after a crash); copied.
+    """
+
+    def __init__(self, volume: Volume, engine=None, labels: np.ndarray | None = None):
+        self.volume = volume
+        self.engine = engine
+        z, y, x = volume.shape
+        self.labels = np.zeros((z, y, x), dtype=LABEL_DTYPE)
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != self.labels.shape:
+                raise ValueError(
+                    f"label map shape {labels.shape} does not match the image {self.labels.shape}"
+                )
+            self.labels[...] = labels
+        self.undo_stack = UndoStack()
+        self.window: Window = volume.display_window()
+        #: low-res logits of accepted objects, by (z, label), fed back when refining
+        self.object_logits: dict[tuple[int, int], np.ndarray] = {}
+
+    # --- model input -----------------------------------------------------------------------
+    def image(self, z: int) -> Image2D:
+        """Slice ``z`` as the model sees it, through the session's current window."""
+        base = self.volume.slice(z)
+        return Image2D(
+            pixels=base.pixels, window=self.window, modality=base.modality,
+            spacing_mm=base.spacing_mm,
+        )
+
+    def embed(self, z: int):
+        """Embed slice ``z`` (cached by the engine)."""
+        self._need_engine()
+        return self.engine.embed(self.image(z))
+
+    def predict(self, z: int, prompt: Prompt, multimask: bool = True) -> Candidates:
+        """Candidates for ``prompt`` on slice ``z`` (embedding computed or reused)."""
+        self._need_engine()
+        prompt.validate_for(self.volume.shape[1:])
+        return self.engine.predict(self.embed(z), prompt, multimask=multimask)
+
+    def _need_engine(self) -> None:
+        if self.engine is None:
+            raise RuntimeError("no model is loaded yet: choose one in the model picker")
+
+    # --- edits -----------------------------------------------------------------------------
+    def accept(
+        self,
+        z: int,
+        mask: np.ndarray,
+        label: int,
+        *,
+        replace: bool = False,
+        logits: np.ndarray | None = None,
+        extra_edits: list | None = None,
+        description: str | None = None,
+    ):
+        """Write ``mask`` (bool, (Y, X)) into slice ``z`` as ``label``; one undoable step.
+
+        With ``replace`` the label's previous pixels on that slice are cleared first (refining
+        an object). Other labels' pixels are overwritten: the latest accept wins, as in painting.
+        ``extra_edits`` (already applied, e.g. clearing the prompts) join the same step.
+        Returns the edit, or None when nothing changed and there were no extra edits.
+        """
+        if label <= 0:
+            raise ValueError(f"label must be positive, got {label}")
+        mask = np.asarray(mask, bool)
+        if mask.shape != self.labels.shape[1:]:
+            raise ValueError(f"mask shape {mask.shape} does not match the slice {self.labels.shape[1:]}")
+        new = self.labels[z].copy()
+        if replace:
+            new[new == label] = 0
+        new[mask] = label
+        edits = list(extra_edits or [])
+        edit = self._slice_edit(z, new, "accept")
+        if edit is not None:
+            edits.insert(0, edit)
+        if logits is not None:
+            self.object_logits[(z, label)] = np.asarray(logits, np.float32)
+        if not edits:
+            return None
+        step = CompoundEdit(edits, description or f"accept label {label} on slice {z}")
+        self.undo_stack.push(step)
+        return step
+
+    def delete_label(self, label: int, z: int | None = None):
+        """Clear ``label`` everywhere (or on slice ``z`` only); one undoable step."""
+        region = self.labels if z is None else self.labels[z : z + 1]
+        hit = region == label
+        if not hit.any():
+            return None
+        offset = 0 if z is None else z
+        edits = []
+        for dz in np.flatnonzero(hit.any(axis=(1, 2))):
+            zz = int(dz) + offset
+            new = self.labels[zz].copy()
+            new[new == label] = 0
+            edits.append(self._slice_edit(zz, new, "clear"))
+        step = CompoundEdit([e for e in edits if e is not None], f"clear label {label}")
+        self.undo_stack.push(step)
+        return step
+
+    def clear_all(self):
+        """Clear the whole label map; one undoable step."""
+        edits = [self._slice_edit(int(z), np.zeros_like(self.labels[0]), "clear")
+                 for z in np.flatnonzero(self.labels.any(axis=(1, 2)))]
+        if not edits:
+            return None
+        step = CompoundEdit(edits, "clear all labels")
+        self.undo_stack.push(step)
+        return step
+
+    def apply_slices(self, masks: dict[int, np.ndarray], label: int, description: str,
+                     *, overwrite_other_labels: bool = False):
+        """Write several slices' masks as ``label`` in one undoable step (e.g. a propagation).
+
+        By default pixels that already belong to another label are left alone.
+        """
+        edits = []
+        for z, mask in sorted(masks.items()):
+            new = self.labels[z].copy()
+            where = mask if overwrite_other_labels else mask & ((new == 0) | (new == label))
+            new[where] = label
+            edits.append(self._slice_edit(int(z), new, description))
+        edits = [e for e in edits if e is not None]
+        if not edits:
+            return None
+        step = CompoundEdit(edits, description)
+        self.undo_stack.push(step)
+        return step
+
+    def _slice_edit(self, z: int, new_slice: np.ndarray, description: str) -> LabelEdit | None:
+        old = self.labels[z]
+        diff = new_slice != old
+        rows = np.flatnonzero(diff.any(axis=1))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(diff.any(axis=0))
+        box = (slice(z, z + 1), slice(int(rows[0]), int(rows[-1]) + 1),
+               slice(int(cols[0]), int(cols[-1]) + 1))
+        edit = LabelEdit(self.labels, box, self.labels[box].copy(),
+                         new_slice[None][:, box[1], box[2]].astype(self.labels.dtype), description)
+        edit.redo()
+        return edit
+
+    def undo(self) -> str | None:
+        return self.undo_stack.undo()
+
+    def redo(self) -> str | None:
+        return self.undo_stack.redo()
+
+    def next_free_label(self) -> int:
+        """The smallest label value not used anywhere yet (>= 1)."""
+        used = set(np.unique(self.labels).tolist())
+        label = 1
+        while label in used:
+            label += 1
+        return label
+
+    def refine_prompt(self, z: int, label: int) -> Prompt | None:
+        """A prompt that re-segments object ``label`` on slice ``z``: its box plus, when the
+        accept recorded them, the logits of the accepted mask (fed back to the model)."""
+        mask = self.labels[z] == label
+        box = box_from_mask(mask)
+        if box is None:
+            return None
+        return Prompt(box_xyxy=box, mask_logits=self.object_logits.get((z, label)))
+
+
+@dataclass(frozen=True)
+class PropagationStep:
+    """One slice of a propagation: where it went, what it found, why it stopped (if it did)."""
+
+    z: int
+    mask: np.ndarray | None  # bool (Y, X); None when the object ended here
+    done: int  # slices visited so far
+    total: int  # upper bound on slices to visit
+    stopped_because: str = ""
+
+
+def propagate_object(
+    session: SegmentSession,
+    z0: int,
+    label: int,
+    *,
+    margin_px: int = 2,
+    min_area_px: int = 10,
+    min_overlap: float = 0.2,
+    max_growth: float = 3.0,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Iterator[PropagationStep]:
+    """Carry object ``label`` from slice ``z0`` up and down the volume, one slice at a time.
+
+    Each next slice is prompted with the box around the previous slice's mask (grown by
+    ``margin_px``). The run in one direction stops where the object ends: the new mask is
+    smaller than ``min_area_px``, overlaps the previous one with IoU below ``min_overlap``, or
+    grows more than ``max_growth`` times (the model has jumped to something else). Slices that
+    already hold the label are kept as they are and serve as the next prompt.
+
+    Yields
+    ------
+    PropagationStep
+        One per visited slice; the caller collects the masks and applies them as one step
+        (:meth:`SegmentSession.apply_slices`). Stops early when ``should_cancel()`` is true.
+    """
+    start = session.labels[z0] == label
+    if not start.any():
+        raise ValueError(f"label {label} is empty on slice {z0}: accept an object there first")
+    n = session.volume.n_slices
+    total = n - 1
+    done = 0
+    for step in (+1, -1):
+        prev = start
+        z = z0 + step
+        while 0 <= z < n:
+            if should_cancel is not None and should_cancel():
+                return
+            done += 1
+            existing = session.labels[z] == label
+            if existing.any():
+                prev = existing
+                yield PropagationStep(z, None, done, total, "already labelled")
+                z += step
+                continue
+            box = box_from_mask(prev, margin_px)
+            cands = session.predict(z, Prompt(box_xyxy=box), multimask=True)
+            mask = cands.masks[choose_candidate(cands)]
+            area, prev_area = int(mask.sum()), int(prev.sum())
+            reason = ""
+            if area < min_area_px:
+                reason = f"object ended (mask of {area} px)"
+            elif _iou(mask, prev) < min_overlap:
+                reason = f"object ended (overlap {_iou(mask, prev):.2f} with the previous slice)"
+            elif area > max_growth * max(prev_area, 1):
+                reason = f"stopped: mask grew {area / max(prev_area, 1):.1f}x"
+            if reason:
+                yield PropagationStep(z, None, done, total, reason)
+                break
+            yield PropagationStep(z, mask, done, total)
+            prev = mask
+            z += step
+
+
+class RecoveryStore:
+    """Autosave of accepted labels, offered back after a crash.
+
+    Files live in ``folder`` (the app passes ``platformdirs.user_state_dir("samscope")``):
+    ``recovery.npz`` (the label map, compressed) and ``recovery.json`` (source path, shape, time,
+    pid). A clean exit calls :meth:`clear`; whatever is left at the next start is a crash.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.npz_path = self.folder / "recovery.npz"
+        self.json_path = self.folder / "recovery.json"
+
+    def save(self, labels: np.ndarray, source: str, *, label_names: dict | None = None) -> Path:
+        """Write the label map atomically (temporary file, then rename)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.npz_path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, labels=labels)
+        os.replace(tmp, self.npz_path)
+        meta = {"source": str(source), "shape": list(labels.shape), "saved_at": time.time(),
+                "pid": os.getpid(), "n_labels": int(len(np.unique(labels)) - 1),
+                "label_names": label_names or {}}
+        tmpj = self.json_path.with_suffix(".tmp.json")
+        tmpj.write_text(json.dumps(meta))
+        os.replace(tmpj, self.json_path)
+        return self.npz_path
+
+    def pending(self) -> dict | None:
+        """What a previous run left behind (its metadata), or None."""
+        if not (self.npz_path.is_file() and self.json_path.is_file()):
+            return None
+        try:
+            meta = json.loads(self.json_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("pid") == os.getpid():
+            return None  # our own autosave, not a crash
+        return meta
+
+    def load(self) -> np.ndarray:
+        with np.load(self.npz_path) as f:
+            return f["labels"]
+
+    def clear(self) -> None:
+        for p in (self.npz_path, self.json_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
