@@ -1,0 +1,206 @@
+"""One adapter for every SAM-family network (image encoder + prompt encoder + mask decoder).
+
+SAM ViT-B/L/H, MedSAM, MobileSAM and LiteMedSAM all expose ``image_encoder``,
+``prompt_encoder`` and ``mask_decoder`` with segment-anything's signatures; they differ in
+their :class:`~app.core.models._preprocess.Preprocessing` and :class:`Capabilities`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import numpy as np
+
+from app.core.image import Image2D
+from app.core.models._preprocess import Preprocessing
+from app.core.models.base import (
+    Candidates,
+    Capabilities,
+    Embedding,
+    Prompt,
+    PromptNotSupportedError,
+)
+
+__all__ = ["SamFamilyModel", "image_key"]
+
+
+def image_key(image: Image2D) -> str:
+    """SHA-256 of what the model would see of ``image``: pixels, dtype, shape and window."""
+    digest = hashlib.sha256()
+    pixels = np.ascontiguousarray(image.pixels)
+    digest.update(f"{pixels.dtype.str}|{pixels.shape}|".encode())
+    w = image.window
+    digest.update(f"{w.center!r}|{w.width!r}|".encode())
+    digest.update(memoryview(pixels).cast("B"))
+    return digest.hexdigest()
+
+
+class SamFamilyModel:
+    """A SAM-family network behind the :class:`~app.core.models.base.PromptableModel` protocol.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Has ``image_encoder``, ``prompt_encoder`` and ``mask_decoder`` (segment-anything API).
+    name : str
+        Registry name, e.g. ``"litemedsam"``.
+    preprocessing : Preprocessing
+    capabilities : Capabilities
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    precision : {"fp32", "fp16", "bf16"}
+        Autocast dtype for the networks; half precision is honoured only on CUDA.
+
+    Notes
+    -----
+    Not thread-safe: call it from one thread at a time (the GUI uses one worker thread).
+    """
+
+    def __init__(self, net, *, name: str, preprocessing: Preprocessing,
+                 capabilities: Capabilities, device: str = "cpu", precision: str = "fp32",
+                 checkpoint_path: str | None = None) -> None:
+        self.net = net.eval().to(device)
+        self.name = name
+        self.preprocessing = preprocessing
+        self.capabilities = capabilities
+        self.device = str(device)
+        self.precision = precision if self.device.startswith("cuda") else "fp32"
+        self.checkpoint_path = checkpoint_path
+
+    def __repr__(self) -> str:
+        return f"SamFamilyModel({self.name!r}, device={self.device!r}, precision={self.precision!r})"
+
+    def cache_token(self) -> str:
+        """Identifies model + weights + preprocessing + precision for embedding-cache keys."""
+        return f"{self.name}|{self.checkpoint_path}|{self.preprocessing.cache_token()}|{self.precision}"
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    # --- protocol -------------------------------------------------------------------------
+    def embed(self, image: Image2D, *, key: str = "") -> Embedding:
+        """Run the image encoder.
+
+        Parameters
+        ----------
+        image : Image2D
+            (H, W) or (H, W, 3), any dtype; see :meth:`Preprocessing.prepare`.
+        key : str
+            Cache key to record in the embedding (the :class:`~app.core.engine.Engine` sets it).
+
+        Returns
+        -------
+        Embedding
+            ``features`` is a float32 tensor (1, 256, 64, 64) on the model's device.
+        """
+        import torch
+
+        array, resized_hw = self.preprocessing.prepare(image)
+        x = torch.from_numpy(array)[None].to(self.device)
+        with torch.inference_mode(), self._autocast():
+            features = self.net.image_encoder(x).float()
+        return Embedding(features=features, original_size=image.shape, input_size=resized_hw,
+                         model_name=self.name, key=key)
+
+    def predict(self, embedding: Embedding, prompt: Prompt, multimask: bool = True) -> Candidates:
+        """Decode masks for one prompt.
+
+        Parameters
+        ----------
+        embedding : Embedding
+            From :meth:`embed` of this model.
+        prompt : Prompt
+            Points, at most one box and/or previous low-res logits, in original pixels.
+        multimask : bool
+            Ask for the three multimask outputs. For a model whose outputs cannot be ranked
+            (``capabilities.meaningful_multimask`` False, e.g. LiteMedSAM, trained single-mask)
+            the single trained output is returned instead, with ``meaningful=False``.
+
+        Returns
+        -------
+        Candidates
+            masks (K, H, W) bool at the original resolution, scores (K,), low-res logits
+            (K, 256, 256); K = 3 for SAM multimask, else 1.
+        """
+        boxes = None if prompt.box_xyxy is None else prompt.box_xyxy[None]
+        return self._decode(embedding, prompt, boxes, multimask)
+
+    def predict_boxes(self, embedding: Embedding, boxes_xyxy: np.ndarray) -> Candidates:
+        """Decode one single-mask prediction per box, in one batch.
+
+        Parameters
+        ----------
+        boxes_xyxy : ndarray, shape (N, 4)
+            Inclusive corners, original pixels.
+
+        Returns
+        -------
+        Candidates
+            K = N: mask ``i`` belongs to box ``i`` (``meaningful`` False: not alternatives).
+        """
+        boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            raise PromptNotSupportedError("no boxes given")
+        for b in boxes:
+            Prompt.from_box(b).validate_for(embedding.original_size)
+        c = self._decode(embedding, Prompt(), boxes, multimask=False)
+        return Candidates(c.masks, c.scores, c.low_res_logits, meaningful=False)
+
+    # --- decoding -------------------------------------------------------------------------
+    def _decode(self, embedding: Embedding, prompt: Prompt, boxes: np.ndarray | None,
+                multimask: bool) -> Candidates:
+        import torch
+
+        if embedding.model_name != self.name:
+            raise ValueError(
+                f"embedding was computed by {embedding.model_name!r}, not by {self.name!r}")
+        if prompt.is_empty and boxes is None:
+            raise PromptNotSupportedError("a prompt needs at least one point, a box or a mask")
+        prompt.validate_for(embedding.original_size)
+        hw = embedding.original_size
+        pre = self.preprocessing
+        dev = self.device
+        n = 1 if boxes is None else len(boxes)
+
+        points = None
+        if prompt.has_points:
+            coords = torch.from_numpy(pre.points_to_model(prompt.points_xy, hw)).to(dev)
+            labels = torch.from_numpy(prompt.point_labels.astype(np.int64)).to(dev)
+            points = (coords[None].expand(n, -1, -1), labels[None].expand(n, -1))
+        box_t = None
+        if boxes is not None:
+            box_t = torch.from_numpy(pre.boxes_to_model(boxes, hw)).to(dev)
+        mask_t = None
+        if prompt.mask_logits is not None:
+            m = np.asarray(prompt.mask_logits, np.float32)
+            if m.shape != (256, 256):
+                raise ValueError(f"mask_logits must have shape (256, 256); got {m.shape}")
+            mask_t = torch.from_numpy(m)[None, None].to(dev).expand(n, -1, -1, -1)
+
+        multimask_out = bool(multimask and self.capabilities.meaningful_multimask)
+        with torch.inference_mode(), self._autocast():
+            sparse, dense = self.net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
+            low_res, iou = self.net.mask_decoder(
+                image_embeddings=embedding.features,
+                image_pe=self.net.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_out,
+            )
+            # (n, k, 256, 256) -> (n*k, 256, 256): one box per row, or k alternatives for one
+            low_res = low_res.float().reshape(-1, *low_res.shape[-2:])
+            scores = iou.float().reshape(-1)
+            full = pre.logits_to_original(low_res, embedding.input_size, hw)
+            masks = (full > 0).cpu().numpy()
+        return Candidates(
+            masks=masks,
+            scores=scores.cpu().numpy().astype(np.float32),
+            low_res_logits=low_res.cpu().numpy().astype(np.float32),
+            meaningful=self.capabilities.meaningful_multimask,
+        )
