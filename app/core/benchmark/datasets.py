@@ -1,0 +1,487 @@
+"""Find the datasets in a folder and turn them into 2D evaluation samples.
+
+Layouts recognised (:func:`detect_layout`):
+
+* ``msd`` -- Medical Segmentation Decathlon: ``dataset.json`` with ``labels`` and ``training``
+  (``[{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}, ...]``).
+* ``nnunet_v2`` -- nnU-Net v2 raw: ``dataset.json`` with ``channel_names``, ``labels``
+  (name -> value) and ``file_ending``; ``imagesTr/<case>_0000<ending>``,
+  ``labelsTr/<case><ending>`` (channel 0 is used).
+* ``pairs_2d`` -- ``images/`` + ``masks/`` (also ``imgs``/``labels``/``gts``/...) matched by file
+  stem; mask stems may end in ``_mask``, ``_seg``, ``_segmentation``, ``_label``, ``_gt``,
+  ``_annotation``; masks 0/255, 0/1 or integer labels. A ``cases.csv`` with ``image`` and
+  ``pixel_size_mm`` columns gives per-image pixel spacing.
+* ``medsam_npz`` -- MedSAM-style ``.npz`` files with ``imgs`` ((H, W), (H, W, 3) or (D, H, W))
+  and ``gts`` (same spatial shape, integer labels), optional ``spacing``.
+* a **suite** -- any folder whose sub-folders (up to three levels down) hold such datasets.
+
+Each (dataset, label value) is a task evaluated as binary. 3D volumes are evaluated on the 2D
+axial slices where the task's mask is non-empty, optionally subsampled reproducibly. Pairs that
+cannot be matched are listed in ``Dataset.skipped`` (never fatal); files that fail to read are
+reported by the runner.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.core.errors import DatasetError, ReadError
+from app.core.image import Image2D, Volume, Window
+
+__all__ = [
+    "LAYOUTS",
+    "CaseRef",
+    "Skipped",
+    "Task",
+    "Dataset",
+    "Suite",
+    "ImageSample",
+    "detect_layout",
+    "open_dataset",
+    "discover",
+    "load_case",
+    "iter_images",
+]
+
+LAYOUTS = ("msd", "nnunet_v2", "pairs_2d", "medsam_npz")
+_IMAGE_DIRS = ("images", "imgs", "image", "img")
+_MASK_DIRS = ("masks", "mask", "labels", "label", "gts", "gt", "segmentations", "annotations")
+_MASK_SUFFIXES = ("_mask", "_masks", "_seg", "_segmentation", "_label", "_labels", "_gt",
+                  "_annotation")
+_RASTER = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """One image (2D picture, 3D volume or .npz) with its label file.
+
+    ``spacing_mm`` (row, col) overrides the file's pixel spacing (e.g. from ``cases.csv``).
+    """
+
+    dataset: str
+    case: str
+    image: Path
+    label: Path | None = None
+    spacing_mm: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A (dataset, label value) pair, evaluated as a binary segmentation."""
+
+    dataset: str
+    label: int
+    name: str
+
+
+@dataclass
+class Dataset:
+    """A detected dataset: its layout, cases, label names and what was skipped."""
+
+    name: str
+    root: Path
+    layout: str
+    cases: list[CaseRef]
+    labels: dict[int, str] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [Task(self.name, v, n) for v, n in sorted(self.labels.items()) if v != 0]
+
+
+@dataclass
+class Suite:
+    """Datasets found under a folder (one, for a dataset folder)."""
+
+    root: Path
+    datasets: list[Dataset]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [t for d in self.datasets for t in d.tasks]
+
+
+# --- detection ---------------------------------------------------------------------------------
+def _find_sub(root: Path, names: tuple[str, ...]) -> Path | None:
+    for n in names:
+        for cand in (root / n, root / n.capitalize(), root / n.upper()):
+            if cand.is_dir():
+                return cand
+    return None
+
+
+def detect_layout(path: str | Path) -> str | None:
+    """The layout of the dataset at ``path`` (one of :data:`LAYOUTS`), or None."""
+    p = Path(path)
+    if p.is_file():
+        return "medsam_npz" if p.suffix == ".npz" else None
+    if not p.is_dir():
+        return None
+    js = p / "dataset.json"
+    if js.is_file():
+        try:
+            meta = json.loads(js.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        if isinstance(meta, dict):
+            if "channel_names" in meta or "file_ending" in meta:
+                return "nnunet_v2"
+            if "labels" in meta and "training" in meta:
+                return "msd"
+    if _find_sub(p, _IMAGE_DIRS) and _find_sub(p, _MASK_DIRS):
+        return "pairs_2d"
+    if any(p.glob("*.npz")):
+        return "medsam_npz"
+    return None
+
+
+def open_dataset(path: str | Path) -> Dataset:
+    """Read the dataset at ``path``.
+
+    Raises
+    ------
+    DatasetError
+        The folder is not one of the known layouts (the message says what was looked for).
+    """
+    p = Path(path)
+    layout = detect_layout(p)
+    if layout == "msd":
+        return _open_msd(p)
+    if layout == "nnunet_v2":
+        return _open_nnunet(p)
+    if layout == "pairs_2d":
+        return _open_pairs(p)
+    if layout == "medsam_npz":
+        return _open_npz(p)
+    raise DatasetError(
+        f"{p}: not a dataset (looked for dataset.json with labels+training (MSD) or "
+        "channel_names+file_ending (nnU-Net v2), images/+masks/ folders, or .npz files)"
+    )
+
+
+def discover(path: str | Path, max_depth: int = 3) -> Suite:
+    """All datasets at or under ``path`` (a dataset folder gives a suite of one).
+
+    Raises
+    ------
+    DatasetError
+        ``path`` does not exist or holds no dataset within ``max_depth`` levels.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such file or folder")
+    found: list[Dataset] = []
+
+    def walk(p: Path, depth: int) -> None:
+        if detect_layout(p) is not None:
+            found.append(open_dataset(p))
+            return
+        if depth >= max_depth or not p.is_dir():
+            return
+        for child in sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")):
+            walk(child, depth + 1)
+
+    walk(root, 0)
+    if not found:
+        raise DatasetError(f"{root}: no dataset found (MSD, nnU-Net v2, images/+masks/, .npz)")
+    # dataset names must be unique within a suite: qualify clashes with the parent folder
+    names = [d.name for d in found]
+    for d in found:
+        if names.count(d.name) > 1:
+            d.name = f"{d.root.parent.name}/{d.root.name}"
+            d.cases = [CaseRef(d.name, c.case, c.image, c.label, c.spacing_mm) for c in d.cases]
+    return Suite(root=root, datasets=found, skipped=[s for d in found for s in d.skipped])
+
+
+def _rel(root: Path, entry: str) -> Path:
+    return (root / entry.removeprefix("./")).resolve()
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".npz", *_RASTER):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def _open_msd(root: Path) -> Dataset:
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    labels = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
+    cases, skipped = [], []
+    for entry in meta.get("training", []):
+        img, lab = _rel(root, entry["image"]), _rel(root, entry["label"])
+        if not img.is_file() or not lab.is_file():
+            missing = img if not img.is_file() else lab
+            skipped.append(Skipped(str(missing), "listed in dataset.json but missing"))
+            continue
+        cases.append(CaseRef(root.name, _stem(img), img, lab))
+    return Dataset(root.name, root, "msd", cases, labels, skipped)
+
+
+def _open_nnunet(root: Path) -> Dataset:
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    ending = meta.get("file_ending", ".nii.gz")
+    labels = {}
+    for name, value in meta.get("labels", {}).items():
+        if isinstance(value, int | float):
+            labels[int(value)] = str(name)
+    cases, skipped = [], []
+    lab_dir, img_dir = root / "labelsTr", root / "imagesTr"
+    for lab in sorted(lab_dir.glob(f"*{ending}")):
+        case = lab.name[: -len(ending)]
+        img = img_dir / f"{case}_0000{ending}"
+        if not img.is_file():
+            skipped.append(Skipped(str(lab), f"no image {img.name} in imagesTr"))
+            continue
+        cases.append(CaseRef(root.name, case, img, lab))
+    return Dataset(root.name, root, "nnunet_v2", cases, labels, skipped)
+
+
+def _mask_key(path: Path) -> str:
+    s = _stem(path)
+    low = s.lower()
+    for suf in _MASK_SUFFIXES:
+        if low.endswith(suf):
+            return s[: -len(suf)]
+    return s
+
+
+def _spacing_table(root: Path) -> dict[str, tuple[float, float]]:
+    table = root / "cases.csv"
+    if not table.is_file():
+        return {}
+    out = {}
+    try:
+        with table.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                size = row.get("pixel_size_mm") or row.get("spacing_mm")
+                name = row.get("image") or row.get("case")
+                if size and name:
+                    out[_stem(Path(name))] = (float(size), float(size))
+    except (OSError, ValueError, csv.Error):
+        return {}
+    return out
+
+
+def _open_pairs(root: Path) -> Dataset:
+    img_dir, mask_dir = _find_sub(root, _IMAGE_DIRS), _find_sub(root, _MASK_DIRS)
+    assert img_dir is not None and mask_dir is not None
+
+    def files(d: Path) -> list[Path]:
+        exts = (*_RASTER, ".nii", ".nii.gz", ".nrrd")
+        return sorted(f for f in d.iterdir() if f.is_file() and f.name.lower().endswith(exts))
+
+    masks: dict[str, Path] = {}
+    skipped: list[Skipped] = []
+    for m in files(mask_dir):
+        key = _mask_key(m)
+        if key in masks:
+            skipped.append(Skipped(str(m), f"second mask for image stem {key!r}"))
+        else:
+            masks[key] = m
+    spacing = _spacing_table(root)
+    cases, used = [], set()
+    for img in files(img_dir):
+        key = _stem(img)
+        m = masks.get(key)
+        if m is None:
+            skipped.append(Skipped(str(img), "no mask with the same file stem"))
+            continue
+        used.add(key)
+        cases.append(CaseRef(root.name, key, img, m, spacing.get(key)))
+    for key, m in masks.items():
+        if key not in used:
+            skipped.append(Skipped(str(m), "no image with the same file stem"))
+    labels = _scan_label_values([c.label for c in cases if c.label is not None], skipped)
+    if list(labels) == [1]:
+        labels = {1: root.name}
+    return Dataset(root.name, root, "pairs_2d", cases, labels, skipped)
+
+
+def _scan_label_values(paths: list[Path], skipped: list[Skipped]) -> dict[int, str]:
+    from PIL import Image
+
+    values: set[int] = set()
+    for p in paths:
+        try:
+            if p.suffix.lower() in _RASTER:
+                with Image.open(p) as im:
+                    arr = np.asarray(im.convert("L") if im.mode not in ("L", "I", "I;16") else im)
+            else:
+                from app.core.io import read_labels
+
+                arr = read_labels(p)
+        except Exception as exc:  # noqa: BLE001 - any unreadable mask is skipped, not fatal
+            skipped.append(Skipped(str(p), f"unreadable mask: {exc}"))
+            continue
+        u = set(np.unique(arr).tolist())
+        # 0/255 and 0/1 masks are one object (label 1), as read_labels maps 255 -> 1
+        values.update({1} if u <= {0, 255} or u <= {0, 1} else {int(v) for v in u if v > 0})
+    return {v: f"label{v}" for v in sorted(values)}
+
+
+def _open_npz(root: Path) -> Dataset:
+    files = [root] if root.is_file() else sorted(root.glob("*.npz"))
+    name = root.stem if root.is_file() else root.name
+    cases, skipped, values = [], [], set()
+    for f in files:
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if "imgs" not in z or "gts" not in z:
+                    skipped.append(Skipped(str(f), f"no 'imgs'/'gts' arrays (has {list(z.keys())})"))
+                    continue
+                gts = z["gts"]
+        except Exception as exc:  # noqa: BLE001
+            skipped.append(Skipped(str(f), f"unreadable .npz: {exc}"))
+            continue
+        values.update(int(v) for v in np.unique(gts) if v > 0)
+        cases.append(CaseRef(name, f.stem, f, None))
+    labels = {v: (name if len(values) == 1 else f"label{v}") for v in sorted(values)}
+    return Dataset(name, root, "medsam_npz", cases, labels, skipped)
+
+
+# --- loading ---------------------------------------------------------------------------------
+def _npz_volume(path: Path) -> tuple[Volume, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        imgs, gts = np.asarray(z["imgs"]), np.asarray(z["gts"])
+        spacing = np.asarray(z["spacing"], float).ravel() if "spacing" in z else None
+    is_2d = gts.ndim == 2
+    if is_2d:
+        pixels = imgs[None]
+        labels = gts[None]
+    else:
+        pixels, labels = imgs, gts
+    if pixels.shape[:3] != labels.shape:
+        raise ReadError(f"{path}: imgs {imgs.shape} and gts {gts.shape} differ in size")
+    sp = (1.0, 1.0, 1.0)
+    known = spacing is not None
+    if known:
+        sp = tuple(float(s) for s in (spacing if spacing.size == 3 else [1.0, *spacing[-2:]]))
+    vol = Volume(pixels=pixels, spacing_mm=sp, is_2d=is_2d, spacing_known=known,
+                 source=str(path), window=Window(127.5, 255.0, "full")
+                 if pixels.dtype == np.uint8 else None)
+    return vol, labels.astype(np.int32)
+
+
+def load_case(ref: CaseRef) -> tuple[Volume, np.ndarray]:
+    """Read a case's image and label map, aligned.
+
+    Returns
+    -------
+    volume : Volume
+    labels : ndarray of int, shape (Z, Y, X)
+
+    Raises
+    ------
+    ReadError
+        Unreadable files, or an image and mask of different sizes.
+    """
+    if ref.image.suffix == ".npz":
+        return _npz_volume(ref.image)
+    from app.core.io import read_image, read_labels
+
+    vol = read_image(ref.image)
+    if ref.label is None:
+        raise ReadError(f"{ref.image}: no label file")
+    labels = read_labels(ref.label, vol)
+    if labels.shape != vol.shape:
+        raise ReadError(
+            f"{ref.label}: mask shape {labels.shape} differs from image {ref.image} {vol.shape}"
+        )
+    return vol, labels
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSample:
+    """One 2D image and the ground truth of each task present on it.
+
+    Attributes
+    ----------
+    ref : CaseRef
+    slice_index : int
+        Axial slice (0 for 2D pictures).
+    image : Image2D
+    masks : dict[int, ndarray of bool, shape (H, W)]
+        Label value -> binary ground truth (non-empty).
+    spacing_mm : (row, col) or None
+        None when the pixel spacing is unknown (then no HD95/NSD).
+    case_id : str
+        ``case`` for 2D, ``case:z<k>`` for a slice of a volume.
+    """
+
+    ref: CaseRef
+    slice_index: int
+    image: Image2D
+    masks: dict[int, np.ndarray]
+    spacing_mm: tuple[float, float] | None
+    case_id: str
+
+
+def _choose_slices(nonempty: list[int], max_slices: int | None, rng: np.random.Generator):
+    if max_slices is None or len(nonempty) <= max_slices:
+        return list(nonempty)
+    picked = rng.choice(len(nonempty), size=max_slices, replace=False)
+    return sorted(nonempty[i] for i in picked)
+
+
+def iter_images(
+    ref: CaseRef,
+    labels_wanted: list[int],
+    *,
+    max_slices: int | None = None,
+    seed: int = 0,
+    loaded: tuple[Volume, np.ndarray] | None = None,
+) -> Iterator[ImageSample]:
+    """The 2D images of a case on which at least one wanted label is present.
+
+    For each label the non-empty slices are found; with ``max_slices`` a reproducible subset
+    (``derive_rng(seed, dataset, case, label)``) is kept. Images are yielded in slice order,
+    each with every selected task's mask, so an image is embedded once for all its tasks.
+    """
+    from app.core.prompts import derive_rng
+
+    vol, labels = loaded if loaded is not None else load_case(ref)
+    per_slice: dict[int, list[int]] = {}
+    for value in labels_wanted:
+        present = np.flatnonzero((labels == value).reshape(labels.shape[0], -1).any(axis=1))
+        chosen = _choose_slices(
+            present.tolist(), max_slices, derive_rng(seed, ref.dataset, ref.case, value)
+        )
+        for z in chosen:
+            per_slice.setdefault(z, []).append(value)
+    if ref.spacing_mm is not None:
+        spacing = ref.spacing_mm
+    elif vol.spacing_known:
+        spacing = (float(vol.spacing_mm[1]), float(vol.spacing_mm[2]))
+    else:
+        spacing = None
+    for z in sorted(per_slice):
+        image = vol.slice(z)
+        if spacing is not None:
+            image = Image2D(image.pixels, image.window, image.modality, spacing)
+        masks = {v: labels[z] == v for v in per_slice[z]}
+        case_id = ref.case if vol.n_slices == 1 else f"{ref.case}:z{z}"
+        yield ImageSample(ref, z, image, masks, spacing, case_id)
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders ``case2`` before ``case10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
