@@ -34,6 +34,7 @@ __all__ = [
     "model_status",
     "checkpoint_path",
     "load_model",
+    "load_model_from_spec",
 ]
 
 DEFAULT_MODEL = "litemedsam"
@@ -236,10 +237,24 @@ def load_model(name: str = DEFAULT_MODEL, *, checkpoint: str | os.PathLike | Non
     SamScopeError
         The checkpoint does not fit the network, or the network's package is not installed.
     """
+    return load_model_from_spec(get_spec(name), checkpoint=checkpoint, device=device,
+                                download=download, on_progress=on_progress, precision=precision)
+
+
+def load_model_from_spec(spec: ModelSpec, *, checkpoint: str | os.PathLike | None = None,
+                         device: str | None = None, download: bool = False,
+                         on_progress: ProgressCallback | None = None,
+                         precision: str = "auto") -> PromptableModel:
+    """Like :func:`load_model`, for an entry that is not in the registry.
+
+    For fine-tuned variants (same network, other weights) pass ``checkpoint`` to
+    :func:`load_model` instead; this is for new networks or configurations (tests use it
+    with a tiny SAM).
+    """
     from app.core.engine import select_device
     from app.core.models._sam_family import SamFamilyModel
 
-    spec = get_spec(name)
+    name = spec.name
     device = select_device(device)
     path, _verified = resolve_checkpoint(spec.checkpoint, checkpoint,
                                          download_missing=download, on_progress=on_progress)

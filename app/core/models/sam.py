@@ -85,11 +85,11 @@ def build_sam_net(variant: str):
 def build_tiny_sam_net(image_size: int = 1024):
     """A tiny, randomly initialised SAM with the real prompt geometry, for tests.
 
-    ViT depth 1, width 32, one global-attention block; prompt encoder and mask decoder keep
+    ViT depth 1, width 32, windowed attention only; prompt encoder and mask decoder keep
     SAM's 256-channel interfaces (64x64 embedding, 256x256 low-res masks) so coordinate and
     shape conventions are exactly SAM's. Embeds a 1024-pixel input in well under a second.
     """
-    return _sam(32, 1, 2, (0,), image_size=image_size, mlp_dim=64, decoder_depth=1)
+    return _sam(32, 1, 2, (), image_size=image_size, mlp_dim=64, decoder_depth=1)
 
 
 def build_mobilesam_net():
