@@ -1,0 +1,69 @@
+"""The SAMScope application window: napari with the Segment and Benchmark docks.
+
+``create_main_window`` is what ``samscope`` (no arguments) calls; tests and the self-test call
+it too. The same two docks reach plain napari users through the plugin manifest.
+"""
+
+from __future__ import annotations
+
+__all__ = ["create_main_window", "MainWindow"]
+
+
+class MainWindow:
+    """The viewer and its two docks (plain attributes, for scripts and tests)."""
+
+    def __init__(self, viewer, segment_dock, benchmark_dock):
+        self.viewer = viewer
+        self.segment_dock = segment_dock
+        self.benchmark_dock = benchmark_dock
+
+    @property
+    def qt_window(self):
+        """The top-level QMainWindow."""
+        return self.viewer.window._qt_window
+
+    def close(self) -> None:
+        self.segment_dock.engine_thread.shutdown(1.0)
+        self.viewer.close()
+
+
+def create_main_window(image_path=None, *, viewer=None, show: bool = True,
+                       benchmark: bool = True) -> MainWindow:
+    """Open a napari window titled SAMScope with the Segment dock (and the Benchmark dock
+    tabbed behind it); open ``image_path`` if given.
+
+    Parameters
+    ----------
+    image_path : str or Path, optional
+        DICOM file/folder, NIfTI, NRRD or 2D picture to open right away.
+    viewer : napari.Viewer, optional
+        Use this viewer (tests pass ``make_napari_viewer()``) instead of a new one.
+    """
+    import napari
+
+    from app.widgets.segment_dock import SegmentDock
+
+    if viewer is None:
+        viewer = napari.Viewer(title="SAMScope", show=show)
+    else:
+        viewer.title = "SAMScope"
+    seg = SegmentDock(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment", area="right")
+    bench = None
+    if benchmark:
+        try:
+            from app.widgets.benchmark_dock import BenchmarkDock
+        except ModuleNotFoundError as exc:  # the benchmark dock is optional in a slim build
+            if exc.name != "app.widgets.benchmark_dock":
+                raise
+            BenchmarkDock = None  # noqa: N806
+    if benchmark and BenchmarkDock is not None:
+        bench = BenchmarkDock(viewer)
+        viewer.window.add_dock_widget(bench, name="Benchmark", area="right", tabify=True)
+        # tabify brings the new tab to the front; the clinician's dock comes first
+        seg_dw = getattr(seg.parent(), "raise_", None)
+        if seg_dw is not None:
+            seg_dw()
+    if image_path:
+        seg.open_path(str(image_path))
+    return MainWindow(viewer, seg, bench)
