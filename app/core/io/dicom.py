@@ -27,7 +27,7 @@ import numpy as np
 from app.core.errors import ReadError, SeriesGeometryError
 from app.core.image import Volume, Window
 
-__all__ = ["SeriesInfo", "list_series", "read_dicom", "NON_IMAGE_MODALITIES"]
+__all__ = ["SeriesInfo", "list_series", "read_dicom", "read_dicom_files", "NON_IMAGE_MODALITIES"]
 
 #: modalities that carry no image of their own
 NON_IMAGE_MODALITIES = frozenset(
@@ -767,6 +767,26 @@ def read_dicom(
     meta = dict(vol.meta)
     meta["series_found"] = [s.as_dict() for s in infos]
     return _replace_meta(vol, meta)
+
+
+def read_dicom_files(
+    paths: Sequence[str | os.PathLike[str]], *, index: int | None = None
+) -> Volume:
+    """Read a list of DICOM files (e.g. several selected in a file dialog) as one series.
+
+    Non-image and non-DICOM files among them are ignored; when they hold several series the
+    largest regular one is read, as for a folder.
+    """
+    groups: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
+    for p in map(Path, paths):
+        ds = _header(p)
+        if ds is not None and _is_image_header(ds):
+            groups[str(_get(ds, "SeriesInstanceUID", "") or p.parent)].append((p, ds))
+    infos = _series_infos(groups)
+    source = str(Path(paths[0]).parent) if paths else ""
+    if not infos:
+        raise ReadError(f"{source}: none of the {len(paths)} files is a DICOM image")
+    return _read_default_series(Path(source), infos, index)
 
 
 def _read_default_series(path: Path, infos: list[SeriesInfo], index: int | None) -> Volume:
