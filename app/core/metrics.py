@@ -69,13 +69,25 @@ def surface_distances(
     -------
     d_ab, d_ba : ndarray of float64, shapes (n_border_a,), (n_border_b,)
     """
-    from scipy.ndimage import distance_transform_edt
-
     a, b = _pair(a, b)
     ba, bb = _border(a), _border(b)
-    dt_b = distance_transform_edt(~bb, sampling=spacing_mm)
-    dt_a = distance_transform_edt(~ba, sampling=spacing_mm)
-    return dt_b[ba], dt_a[bb]
+    return _edt(~bb, spacing_mm)[ba], _edt(~ba, spacing_mm)[bb]
+
+
+def _edt(background: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    # Exact Euclidean distance to the nearest False pixel. OpenCV's precise transform is ~10x
+    # faster than scipy's on large images but isotropic only.
+    sy, sx = (float(s) for s in spacing_mm)
+    if sy == sx:
+        import cv2
+
+        dist = cv2.distanceTransform(
+            background.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+        )
+        return dist.astype(np.float64) * sy
+    from scipy.ndimage import distance_transform_edt
+
+    return distance_transform_edt(background, sampling=(sy, sx))
 
 
 def hd95(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float] = (1.0, 1.0)) -> float:

