@@ -258,11 +258,11 @@ def load_model_from_spec(spec: ModelSpec, *, checkpoint: str | os.PathLike | Non
     device = select_device(device)
     path, _verified = resolve_checkpoint(spec.checkpoint, checkpoint,
                                          download_missing=download, on_progress=on_progress)
+    state = load_state_dict(path, map_location="cpu")  # refuse bad files before building
     try:
         net = spec.build()
     except ModuleNotFoundError as exc:
         raise SamScopeError(f"model {name!r} is not available: {exc}") from None
-    state = load_state_dict(path, map_location="cpu")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
