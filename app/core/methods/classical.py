@@ -12,8 +12,7 @@ at the original size (``K = 1``, ``scores = NaN``: no predicted IoU).
 * :class:`GrabCutMethod` (``cv2.grabCut``, 5 iterations) on three channels, the grey image
   smoothed at sigma 1, 3 and 8 px (plain grey made it label everything background on the
   X-rays and ultrasound here): the box initialises it; clicks are fixed foreground/background
-  pixels. Without a box, the image border is background and a disc around
-  each positive click probable foreground.
+  pixels. Without a box, the whole image is the box (its border is background).
 * :class:`RegionGrowingMethod`: flood fill from the clicked pixels (box centre when there is no
   click) of pixels whose smoothed intensity is within a tolerance of the clicked intensity
   (``max(tolerance, 2.5 x the local standard deviation)``), kept inside the box; regions grown
@@ -209,11 +208,9 @@ class GrabCutMethod(_Classical):
             mask[:] = cv2.GC_BGD
             mask[y0 : y1 + 1, x0 : x1 + 1] = cv2.GC_PR_FGD
         else:
+            # no box: the whole image is the box (its 1-px border is background)
+            mask[:] = cv2.GC_PR_FGD
             mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = cv2.GC_BGD
-            radius = max(2, min(h, w) // 10)
-            for (x, y), lab in zip(pts, labels):
-                if lab == 1:
-                    mask[self._disc((h, w), x, y, radius) & (mask != cv2.GC_BGD)] = cv2.GC_PR_FGD
         for (x, y), lab in zip(pts, labels):
             mask[self._disc((h, w), x, y, 1)] = cv2.GC_FGD if lab == 1 else cv2.GC_BGD
         fg_like = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD))
