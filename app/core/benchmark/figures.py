@@ -317,13 +317,19 @@ def fig_examples(df, method: str, protocol: str = "mode5", selection: str = "fir
 
     for r, t in enumerate(tasks):
         dt = d[d["task_label"] == t].sort_values("iou").reset_index(drop=True)
+        used: set[int] = set()
         for c, pct in enumerate(percentiles):
             ax = axes[r, c]
             ax.axis("off")
             if dt.empty:
                 continue
             target = np.percentile(dt["iou"], pct)
-            row = dt.iloc[int(np.argmin(np.abs(dt["iou"].to_numpy() - target)))]
+            # the closest case to the percentile not shown yet (few cases: avoid repeats)
+            dist = np.abs(dt["iou"].to_numpy() - target)
+            dist[list(used)] = np.inf if len(used) < len(dt) else dist[list(used)]
+            idx = int(np.argmin(dist))
+            used.add(idx)
+            row = dt.iloc[idx]
             try:
                 img, gt = _load_display(row, cache)
             except Exception as exc:  # noqa: BLE001 - a missing source file leaves a note
@@ -340,10 +346,26 @@ def fig_examples(df, method: str, protocol: str = "mode5", selection: str = "fir
                         color="#00ff00" if lab else "#ff0000", mec="black" if lab else None)
             for x0, y0, x1, y1 in json.loads(row["boxes"] or "[]"):
                 ax.add_patch(_rect(x0, y0, x1, y1))
+            _zoom(ax, gt, pred)
             ax.set_title(f"{t} p{pct}: {row['case']}\nIoU {row['iou']:.3f}", fontsize=8)
     fig.suptitle(f"{method}, {_MODE_NAMES.get(protocol, protocol)}, {selection} "
                  "(green: ground truth, red: prediction)", fontsize=10)
     return fig
+
+
+def _zoom(ax, gt: np.ndarray, pred: np.ndarray | None) -> None:
+    """Small objects: show the region around ground truth and prediction, not the whole image."""
+    both = gt.copy()
+    if pred is not None and pred.shape == gt.shape:
+        both |= pred > 127
+    if not both.any() or both.mean() > 0.02:
+        return
+    rows, cols = np.nonzero(both)
+    h, w = gt.shape
+    half = max(np.ptp(rows), np.ptp(cols), 24) * 1.5
+    cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+    ax.set_xlim(max(cx - half, -0.5), min(cx + half, w - 0.5))
+    ax.set_ylim(min(cy + half, h - 0.5), max(cy - half, -0.5))
 
 
 def _rect(x0, y0, x1, y1):
