@@ -82,6 +82,12 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 def _check_hash(path: Path, source: CheckpointSource) -> None:
     if not source.sha256:
+        size = path.stat().st_size
+        if source.size_bytes and size != source.size_bytes:
+            raise CheckpointRefusedError(
+                f"checkpoint {path} has {size} bytes, expected {source.size_bytes} for "
+                f"{source.filename}: the file is truncated or not the official one; delete it "
+                f"and download it again from {source.url or 'its source'}")
         return
     actual = sha256_file(path)
     if actual != source.sha256:
@@ -139,6 +145,10 @@ def download(source: CheckpointSource, target: Path, *,
                     if on_progress is not None:
                         on_progress(done, total)
         actual = digest.hexdigest()
+        if not source.sha256 and source.size_bytes and done != source.size_bytes:
+            raise CheckpointRefusedError(
+                f"downloaded {source.url} has {done} bytes, expected {source.size_bytes}; "
+                f"nothing was saved")
         if source.sha256 and actual != source.sha256:
             raise CheckpointRefusedError(
                 f"downloaded {source.url} has SHA-256 {actual}, expected {source.sha256}; "

@@ -148,8 +148,11 @@ _SPECS: tuple[ModelSpec, ...] = (
         preprocessing=MEDSAM_1024,
         checkpoint=CheckpointSource(
             filename="medsam_vit_b.pth",
-            url="https://huggingface.co/wanglab/medsam-vit-base/resolve/main/medsam_vit_b.pth",
+            # the download linked from bowang-lab/MedSAM's README; no SHA-256 is published,
+            # so the size is checked instead (and the file is loaded weights-only anyway)
+            url="https://zenodo.org/records/10689643/files/medsam_vit_b.pth",
             sha256="",
+            size_bytes=375_049_145,
         ),
         build=lambda: _sam.build_sam_net("vit_b"),
     ),
@@ -162,6 +165,7 @@ _SPECS: tuple[ModelSpec, ...] = (
         preprocessing=SAM_1024,
         checkpoint=CheckpointSource(
             filename="mobile_sam.pt",
+            # no SHA-256 or size is published for it: not verified beyond weights-only loading
             url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
             sha256="",
         ),

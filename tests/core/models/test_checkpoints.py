@@ -169,3 +169,22 @@ def test_download_with_wrong_hash_keeps_nothing(cache, http_dir):
     with pytest.raises(CheckpointRefusedError, match="expected cdcd"):
         download(src, cache / "w.pth")
     assert not any(cache.iterdir())
+
+
+def test_without_published_hash_the_size_is_checked(cache):
+    cache.mkdir(parents=True)
+    (cache / "medsam.pth").write_bytes(b"truncated")
+    src = CheckpointSource("medsam.pth", url="http://example.invalid/m", size_bytes=375_049_145)
+    with pytest.raises(CheckpointRefusedError, match="9 bytes, expected 375049145"):
+        resolve_checkpoint(src)
+
+
+def test_registry_sources_are_complete():
+    from app.core.models.registry import list_models
+
+    for spec in list_models():
+        src = spec.checkpoint
+        assert src.bundled is not None or src.url.startswith("https://"), spec.name
+        assert not src.sha256 or len(src.sha256) == 64, spec.name
+        if spec.name.startswith("sam_vit"):
+            assert src.sha256 and src.size_bytes, spec.name  # published by Meta
