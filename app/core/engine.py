@@ -84,7 +84,13 @@ def configure_torch_threads(n_threads: int | None = None) -> int:
     n_threads = max(1, int(n_threads))
     if torch.get_num_threads() != n_threads:
         torch.set_num_threads(n_threads)
+    _THREADS_CONFIGURED[0] = True
     return n_threads
+
+
+# torch's thread count is process-wide; remember whether someone chose it already, so that a
+# later Engine(...) without n_threads does not undo an explicit choice
+_THREADS_CONFIGURED = [False]
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,8 @@ class Engine:
         Upper bound on the memory held by cached embeddings (LRU eviction); 0 disables caching.
     n_threads : int or None
         torch CPU threads for a CPU model (see :func:`configure_torch_threads`); ignored on GPUs.
-        Note that torch's thread count is process-wide.
+        torch's thread count is process-wide: ``None`` sets the default (cores - 1) only if
+        nothing in this process has configured it yet.
 
     Notes
     -----
@@ -150,7 +157,8 @@ class Engine:
         self._computed = 0
         self._reused = 0
         self._predictions = 0
-        if str(getattr(model, "device", "cpu")) == "cpu":
+        if str(getattr(model, "device", "cpu")) == "cpu" and (
+                n_threads is not None or not _THREADS_CONFIGURED[0]):
             configure_torch_threads(n_threads)
 
     # --- cache ----------------------------------------------------------------------------

@@ -243,3 +243,14 @@ def test_litemedsam_reports_its_nature(litemedsam, lite_engine, us_pairs):
         box_xyxy=mask_to_box_xyxy(gt), points_xy=[[xs.mean(), ys.mean()]], point_labels=[1],
         mask_logits=c.low_res_logits[0]))
     assert _iou(refined.masks[0], gt) > 0.85
+
+
+def test_engine_keeps_an_explicit_thread_choice(tiny_model):
+    before = torch.get_num_threads()
+    try:
+        Engine(tiny_model, n_threads=2)
+        assert torch.get_num_threads() == 2
+        Engine(tiny_model)  # no choice: keeps the explicit one
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
