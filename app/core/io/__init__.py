@@ -7,6 +7,7 @@ list_series(path) -> list[SeriesInfo]
 read_labels(path, reference=None) -> ndarray (Z, Y, X) uint8/uint16
 write_labels(path, labels, reference, *, overwrite=False, segment_names=None,
              algorithm="SAMScope") -> Path
+write_image(path, volume, *, overwrite=False) -> Path
 guess_format(path) -> str | None
 
 Geometry: every reader returns a :class:`app.core.image.Volume` indexed ``(z, y, x)`` in LPS
@@ -31,6 +32,7 @@ __all__ = [
     "read_image",
     "read_labels",
     "write_labels",
+    "write_image",
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
 ]
@@ -385,4 +387,50 @@ def write_labels(
         raise WriteError(
             f"{out}: unknown label format {suffix or '(no extension)'}; use .nii.gz, .nii, .dcm or .png"
         )
+    return out
+
+
+#: file extensions :func:`write_image` writes
+IMAGE_OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png")
+
+
+def write_image(path: str | os.PathLike[str], volume: Volume, *, overwrite: bool = False) -> Path:
+    """Write an image volume (conversion), chosen by the output's extension, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.nii.gz``/``.nii`` (pixels and dtype kept, the source's exact affine, RGB as RGB24),
+        ``.nrrd`` (LPS space, gzip) or ``.png`` (one slice; uint8/uint16/RGB kept, other
+        dtypes windowed to 8 bits).
+    volume : Volume
+    overwrite : bool
+        Replace an existing output; a source file of ``volume`` is never replaced.
+
+    Returns
+    -------
+    Path
+    """
+    out = Path(path)
+    suffix = full_suffix(out)
+    protected = [volume.source, *volume.meta.get("source_paths", ())]
+    if suffix in (".nii", ".nii.gz"):
+        from app.core.io.nifti import write_nifti_image as writer
+    elif suffix == ".nrrd":
+        from app.core.io.nifti import write_nrrd_image as writer
+    elif suffix == ".png":
+        from app.core.io.raster import write_png_image as writer
+
+        if volume.shape[0] != 1:
+            raise WriteError(
+                f"{out}: a PNG holds one slice, the volume has {volume.shape[0]} "
+                "(choose one with index=, or write .nii.gz)"
+            )
+    else:
+        raise WriteError(
+            f"{out}: unknown image format {suffix or '(no extension)'}; "
+            "use .nii.gz, .nii, .nrrd or .png"
+        )
+    with atomic_output(out, overwrite=overwrite, protected=protected) as tmp:
+        writer(tmp, volume)
     return out

@@ -53,7 +53,7 @@ def check_output_path(
     if resolved.is_dir():
         raise WriteError(f"{out}: is a folder, expected a file name")
     if resolved.exists() and not overwrite:
-        raise WriteError(f"{out}: already exists (pass overwrite=True to replace it)")
+        raise WriteError(f"{out}: already exists (overwrite=True or --overwrite replaces it)")
     return out
 
 
@@ -93,13 +93,13 @@ def atomic_output(
                 os.link(tmp, out)
             except FileExistsError:
                 raise WriteError(
-                    f"{out}: already exists (pass overwrite=True to replace it)"
+                    f"{out}: already exists (overwrite=True or --overwrite replaces it)"
                 ) from None
             except OSError:
                 # file systems without hard links: check-then-rename is the best we can do
                 if out.exists():
                     raise WriteError(
-                        f"{out}: already exists (pass overwrite=True to replace it)"
+                        f"{out}: already exists (overwrite=True or --overwrite replaces it)"
                     ) from None
                 os.replace(tmp, out)
     except PermissionError as exc:

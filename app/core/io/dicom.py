@@ -83,6 +83,30 @@ def _dcmread(path: Path, *, header_only: bool, force: bool = False):
         raise ReadError(f"{path}: damaged DICOM file ({type(exc).__name__}: {exc})") from exc
 
 
+def _dcmread_file(path: Path, *, header_only: bool):
+    """Read a file the user named as DICOM; files without the preamble are accepted only when
+    they parse into something DICOM-like (random bytes named .dcm are refused)."""
+    try:
+        return _dcmread(path, header_only=header_only)
+    except ReadError as first:
+        if "not a DICOM file" not in str(first):
+            raise
+        try:
+            ds = _dcmread(path, header_only=header_only, force=True)
+            looks_like = (
+                _get(ds, "SOPClassUID") is not None
+                or (_get(ds, "Rows") is not None and _get(ds, "Columns") is not None)
+                or "DirectoryRecordSequence" in ds
+            )
+        except Exception:  # noqa: BLE001 - garbage parsed leniently can fail anywhere
+            looks_like = False
+        if not looks_like:
+            raise ReadError(
+                f"{path}: not a DICOM file (no DICM marker and no DICOM image attributes)"
+            ) from first
+        return ds
+
+
 def _get(ds, keyword: str, default=None):
     """``ds.keyword`` that never raises on a damaged element."""
     try:
@@ -148,7 +172,7 @@ def _scan(path: Path) -> tuple[dict[str, list[tuple[Path, Any]]], int, int]:
         if not files and dicomdir is not None:
             files = _dicomdir_paths(dicomdir, _dcmread(dicomdir, header_only=True))
     else:
-        ds = _dcmread(path, header_only=True, force=path.suffix.lower() in ("", ".dcm", ".ima"))
+        ds = _dcmread_file(path, header_only=True)
         files = _dicomdir_paths(path, ds) if _is_dicomdir(ds) else [path]
     groups: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
     n_dicom = 0
@@ -681,7 +705,7 @@ def _read_files(paths: list[Path], source: str, index: int | None) -> Volume:
     frames: list[_Frame] = []
     multi = False
     for p in paths:
-        ds = _dcmread(p, header_only=False, force=p.suffix.lower() in ("", ".dcm", ".ima"))
+        ds = _dcmread_file(p, header_only=False)
         if (
             str(_get(ds, "SOPClassUID", "")) in _SEG_SOP_CLASSES
             or str(_get(ds, "Modality", "")).upper() == "SEG"
@@ -734,7 +758,7 @@ def read_dicom(
     """Read a DICOM file, folder or DICOMDIR. See :func:`app.core.io.read_image`."""
     path = Path(path)
     if path.is_file():
-        head = _dcmread(path, header_only=True, force=path.suffix.lower() in ("", ".dcm", ".ima"))
+        head = _dcmread_file(path, header_only=True)
         if not _is_dicomdir(head):
             return _read_files([path], str(path), index)
     groups, n_files, n_dicom = _scan(path)

@@ -33,6 +33,8 @@ __all__ = [
     "read_nifti_labels",
     "read_nrrd",
     "write_nifti_labels",
+    "write_nifti_image",
+    "write_nrrd_image",
     "label_dtype",
 ]
 
@@ -353,3 +355,64 @@ def read_nrrd(path: str | os.PathLike[str], *, index: int | None = None) -> Volu
         spacing_known=spacing_known,
         meta={"format": "nrrd", "nrrd_header": dict(header)},
     )
+
+
+def write_nifti_image(tmp_path: Path, volume: Volume) -> None:
+    """Write ``volume``'s pixels (dtype kept; RGB as RGB24) as NIfTI with its exact affine."""
+    import nibabel as nib
+
+    pixels = np.asarray(volume.pixels)
+    if volume.is_rgb:
+        if pixels.dtype != np.uint8:
+            raise WriteError(f"{tmp_path}: RGB NIfTI needs uint8 samples, got {pixels.dtype}")
+        rgb = np.empty(pixels.shape[:3], dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        for i, c in enumerate("RGB"):
+            rgb[c] = pixels[..., i]
+        pixels = rgb
+    elif pixels.dtype == np.bool_:
+        pixels = pixels.astype(np.uint8)
+    data = np.asarray(zyx_to_ijk(pixels))
+    src_hdr = volume.meta.get("nifti_header")
+    if src_hdr is not None and tuple(src_hdr.get_data_shape()[:3]) == data.shape[:3]:
+        img = nib.Nifti1Image(data, None)
+        qform, qcode = src_hdr.get_qform(coded=True)
+        sform, scode = src_hdr.get_sform(coded=True)
+        img.set_qform(qform, code=int(qcode) if qform is not None else 0)
+        img.set_sform(sform, code=int(scode) if sform is not None else 0)
+        if qform is None and sform is None:
+            img.set_sform(np.asarray(volume.meta["nifti_affine"], float), code=1)
+    else:
+        affine = lps_zyx_to_ras_ijk(volume.affine_lps)
+        img = nib.Nifti1Image(data, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    if volume.window is not None and not volume.is_rgb:
+        img.header["cal_min"], img.header["cal_max"] = volume.window.low, volume.window.high
+    try:
+        nib.save(img, str(tmp_path))
+    except OSError as exc:
+        raise WriteError(f"{tmp_path}: could not be written ({exc})") from exc
+
+
+def write_nrrd_image(tmp_path: Path, volume: Volume) -> None:
+    """Write ``volume`` as NRRD in LPS space (``space directions`` = affine columns)."""
+    import nrrd
+
+    if volume.is_rgb:
+        raise WriteError(f"{tmp_path}: RGB volumes are not written to NRRD; use .nii.gz")
+    affine_ijk = volume.affine_lps @ ZYX_FROM_IJK
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": affine_ijk[:3, :3].T,
+        "space origin": affine_ijk[:3, 3],
+        "kinds": ["domain", "domain", "domain"],
+        "encoding": "gzip",
+    }
+    data = np.asarray(zyx_to_ijk(volume.pixels))
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    try:
+        nrrd.write(str(tmp_path), np.ascontiguousarray(data), header, index_order="F")
+    except OSError as exc:
+        raise WriteError(f"{tmp_path}: could not be written ({exc})") from exc

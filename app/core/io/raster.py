@@ -17,7 +17,13 @@ import numpy as np
 from app.core.errors import ReadError, WriteError
 from app.core.image import Volume, Window
 
-__all__ = ["RASTER_SUFFIXES", "read_raster", "read_raster_labels", "write_png_labels"]
+__all__ = [
+    "RASTER_SUFFIXES",
+    "read_raster",
+    "read_raster_labels",
+    "write_png_labels",
+    "write_png_image",
+]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -214,3 +220,26 @@ def write_png_labels(tmp_path: Path, labels: np.ndarray, *, binary_as_255: bool 
         Image.fromarray(arr.astype(np.uint16)).save(tmp_path, format="PNG")
     else:
         raise WriteError(f"{tmp_path}: label values up to {hi} do not fit a 16-bit PNG")
+
+
+def write_png_image(tmp_path: Path, volume: Volume) -> None:
+    """Write a one-slice volume as PNG: uint8/uint16 grey or uint8 RGB, values unchanged.
+
+    Other dtypes (HU, floats) are mapped through the display window to 8 bits, since PNG has
+    no signed or float samples.
+    """
+    from PIL import Image
+
+    from app.core.image import to_unit_range
+
+    if volume.shape[0] != 1:
+        raise WriteError(
+            f"{tmp_path}: a PNG holds one slice, the volume has {volume.shape[0]} "
+            "(choose one with --index, or write .nii.gz)"
+        )
+    arr = np.asarray(volume.pixels[0])
+    if volume.is_rgb:
+        arr = arr.astype(np.uint8) if arr.dtype != np.uint8 else arr
+    elif arr.dtype not in (np.uint8, np.uint16):
+        arr = np.round(to_unit_range(arr, volume.display_window()) * 255).astype(np.uint8)
+    Image.fromarray(np.ascontiguousarray(arr)).save(tmp_path, format="PNG")
