@@ -233,7 +233,24 @@ def list_series(path: str | os.PathLike[str]) -> list[SeriesInfo]:
 def _decode(ds, path: Path) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         sop = getattr(_get(ds, "SOPClassUID"), "name", _get(ds, "SOPClassUID", "?"))
-        raise ReadError(f"{path}: DICOM file has no pixel data ({sop})")
+        hint = ""
+        try:
+            need = (
+                int(_get(ds, "Rows", 0))
+                * int(_get(ds, "Columns", 0))
+                * int(_get(ds, "SamplesPerPixel", 1) or 1)
+                * _n_frames(ds)
+                * int(_get(ds, "BitsAllocated", 8) or 8)
+                // 8
+            )
+            size = path.stat().st_size
+            if need and size < need:
+                hint = f"; the file has {size} bytes where its pixels need {need}: truncated?"
+            elif not need and "Image" in str(sop):
+                hint = f"; the header ends after {size} bytes without Rows/Columns: truncated?"
+        except (OSError, TypeError, ValueError):
+            pass
+        raise ReadError(f"{path}: DICOM file has no pixel data ({sop}){hint}")
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise many types
