@@ -260,6 +260,7 @@ def load_model_from_spec(spec: ModelSpec, *, checkpoint: str | os.PathLike | Non
 
     name = spec.name
     device = select_device(device)
+    precision = _precision(precision, device)  # bad values fail before any loading
     path, _verified = resolve_checkpoint(spec.checkpoint, checkpoint,
                                          download_missing=download, on_progress=on_progress)
     state = load_state_dict(path, map_location="cpu")  # refuse bad files before building
@@ -275,7 +276,7 @@ def load_model_from_spec(spec: ModelSpec, *, checkpoint: str | os.PathLike | Non
             f"checkpoint {path} does not fit model {name!r} ({first})") from None
     return SamFamilyModel(
         net, name=spec.name, preprocessing=spec.preprocessing, capabilities=spec.capabilities,
-        device=device, precision=_precision(precision, device), checkpoint_path=str(path),
+        device=device, precision=precision, checkpoint_path=str(path),
     )
 
 
