@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -270,6 +271,38 @@ class Engine:
                              np.concatenate([p.scores for p in parts]),
                              np.concatenate([p.low_res_logits for p in parts]), meaningful=False)
         self._predictions += 1
+        return out
+
+    def embed_volume(self, volume, slices=None, *,
+                     on_progress: Callable[[int, int], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> list[Embedding]:
+        """Embed several slices of a volume (e.g. before propagating a mask), through the cache.
+
+        Parameters
+        ----------
+        volume : Volume
+            Pixels (Z, Y, X) or (Z, Y, X, 3).
+        slices : iterable of int, optional
+            Slice indices along z; default all.
+        on_progress : callable (done, total), optional
+            Called after each slice.
+        should_stop : callable returning bool, optional
+            Checked before each slice; when it returns True the embeddings so far are returned.
+
+        Returns
+        -------
+        list of Embedding
+            In the order of ``slices``. Keep ``cache_bytes`` above ``len(slices)`` embeddings
+            (4 MiB each) if they should stay cached.
+        """
+        order = list(range(volume.n_slices) if slices is None else slices)
+        out: list[Embedding] = []
+        for i, z in enumerate(order):
+            if should_stop is not None and should_stop():
+                break
+            out.append(self.embed(volume.slice(int(z))))
+            if on_progress is not None:
+                on_progress(i + 1, len(order))
         return out
 
     def _as_embedding(self, image_or_embedding: Image2D | Embedding) -> Embedding:

@@ -254,3 +254,34 @@ def test_engine_keeps_an_explicit_thread_choice(tiny_model):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_embed_volume_goes_through_the_cache_with_progress(tiny_model):
+    from app.core.image import Volume
+
+    rng = np.random.default_rng(3)
+    vol = Volume(pixels=rng.integers(-1000, 1000, (4, 48, 40)).astype(np.int16), modality="CT")
+    engine = Engine(tiny_model)
+    seen = []
+    embs = engine.embed_volume(vol, [2, 0], on_progress=lambda d, t: seen.append((d, t)))
+    assert [e.original_size for e in embs] == [(48, 40)] * 2 and seen == [(1, 2), (2, 2)]
+    engine.embed(vol.slice(2))
+    assert engine.stats.embeddings_reused == 1
+    stopped = engine.embed_volume(vol, should_stop=lambda: engine.stats.embeddings_computed >= 3)
+    assert len(stopped) == 2  # slices 0 (cached) and 1, then stopped
+
+
+def test_dense_positional_encoding_follows_the_weights(tiny_model):
+    pe_layer = tiny_model.net.prompt_encoder.pe_layer
+    first = tiny_model._dense_pe()
+    assert tiny_model._dense_pe() is first  # cached
+    old = pe_layer.positional_encoding_gaussian_matrix.clone()
+    try:
+        with torch.no_grad():
+            pe_layer.positional_encoding_gaussian_matrix.mul_(2.0)
+        torch.testing.assert_close(tiny_model._dense_pe(),
+                                   tiny_model.net.prompt_encoder.get_dense_pe())
+        assert not torch.equal(tiny_model._dense_pe(), first)
+    finally:
+        with torch.no_grad():
+            pe_layer.positional_encoding_gaussian_matrix.copy_(old)

@@ -153,6 +153,17 @@ class SamFamilyModel:
         return Candidates(c.masks, c.scores, c.low_res_logits, meaningful=False)
 
     # --- decoding -------------------------------------------------------------------------
+    def _dense_pe(self):
+        # the positional encoding of the embedding grid depends only on the weights: compute
+        # it once per weights version (fine-tuning replaces the tensors it is built from)
+        pe_layer = self.net.prompt_encoder.pe_layer
+        stamp = (id(pe_layer.positional_encoding_gaussian_matrix),
+                 pe_layer.positional_encoding_gaussian_matrix._version)
+        if getattr(self, "_pe_stamp", None) != stamp:
+            self._pe = self.net.prompt_encoder.get_dense_pe()
+            self._pe_stamp = stamp
+        return self._pe
+
     def _decode(self, embedding: Embedding, prompt: Prompt, boxes: np.ndarray | None,
                 multimask: bool) -> Candidates:
         import torch
@@ -188,7 +199,7 @@ class SamFamilyModel:
             sparse, dense = self.net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
             low_res, iou = self.net.mask_decoder(
                 image_embeddings=embedding.features,
-                image_pe=self.net.prompt_encoder.get_dense_pe(),
+                image_pe=self._dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_out,
