@@ -135,3 +135,24 @@ def test_logits_back_to_original_resolution(pre, hw):
 def test_cache_token_differs_between_recipes():
     tokens = {p.cache_token() for p in RECIPES}
     assert len(tokens) == 3
+
+
+@pytest.mark.parametrize("pre", RECIPES, ids=lambda p: p.name)
+def test_edges_and_centre_for_any_shape(pre):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None)
+    @given(h=st.integers(1, 3000), w=st.integers(1, 3000))
+    def check(h, w):
+        h_in, w_in = pre.resized_size((h, w))
+        assert 1 <= h_in <= pre.input_size and 1 <= w_in <= pre.input_size
+        assert max(h_in, w_in) == pre.input_size
+        pts = pre.points_to_model(np.array([[-0.5, -0.5], [w - 0.5, h - 0.5],
+                                            [(w - 1) / 2, (h - 1) / 2]]), (h, w))
+        np.testing.assert_allclose(pts[0], [-0.5, -0.5], atol=1e-3)
+        np.testing.assert_allclose(pts[1], [w_in - 0.5, h_in - 0.5], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(pts[2], [(w_in - 1) / 2, (h_in - 1) / 2], rtol=1e-5,
+                                   atol=1e-3)
+
+    check()
