@@ -32,6 +32,7 @@ __all__ = [
     "GROUP_KEY",
     "ResultsStore",
     "load_results",
+    "open_case",
     "read_manifest",
     "write_manifest",
 ]
@@ -178,3 +179,43 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         return {}
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def open_case(out_dir: str | os.PathLike, row: Any) -> dict[str, Any]:
+    """Everything needed to show one results row: image, ground truth, prediction, prompts.
+
+    Parameters
+    ----------
+    out_dir : path
+        The run folder (for the saved mask).
+    row : mapping or pandas Series
+        A row of :func:`load_results`.
+
+    Returns
+    -------
+    dict
+        ``image`` (:class:`~app.core.image.Image2D`), ``gt`` (H, W) bool, ``prediction``
+        (H, W) bool or None (masks not kept), ``points`` [[x, y, label], ...], ``boxes``
+        [[x0, y0, x1, y1], ...] (inclusive), ``volume`` and ``slice`` (for 3D viewers).
+    """
+    import numpy as np
+
+    from app.core.benchmark.datasets import CaseRef, load_case
+
+    label_path = str(row["label_path"] or "")
+    ref = CaseRef(str(row["dataset"]), str(row["case"]), Path(str(row["image_path"])),
+                  Path(label_path) if label_path else None)
+    vol, labels = load_case(ref)
+    z = int(row["slice"])
+    pred = None
+    mask_file = str(row.get("mask_file", "") or "")
+    if mask_file and (Path(out_dir) / mask_file).is_file():
+        from PIL import Image
+
+        with Image.open(Path(out_dir) / mask_file) as im:
+            pred = np.asarray(im) > 127
+    return {
+        "volume": vol, "slice": z, "image": vol.slice(z), "gt": labels[z] == int(row["label"]),
+        "prediction": pred, "points": json.loads(row["points"] or "[]"),
+        "boxes": json.loads(row["boxes"] or "[]"),
+    }

@@ -61,6 +61,7 @@ __all__ = [
     "BenchmarkPlan",
     "Progress",
     "iter_benchmark",
+    "plan_from_manifest",
     "run_benchmark",
     "select_candidate",
 ]
@@ -609,6 +610,28 @@ def _write_skipped(out: Path, skipped: list[Skipped]) -> None:
             if r not in seen:
                 seen.add(r)
                 w.writerow(r)
+
+
+def plan_from_manifest(out_dir: str | os.PathLike, **changes: Any) -> BenchmarkPlan:
+    """The plan of an existing run folder, set to resume it (e.g. after Cancel in the GUI).
+
+    ``changes`` override fields that do not define the results (``device``, ``save_masks``,
+    ``prebuilt_methods``).
+
+    Raises
+    ------
+    DatasetError
+        ``out_dir`` has no manifest.
+    """
+    opts = dict(read_manifest(out_dir).get("options", {}))
+    if not opts:
+        raise DatasetError(f"{out_dir}: no manifest.json (not a benchmark run folder)")
+    for k in ("modes", "protocols", "methods"):
+        opts[k] = tuple(opts.get(k) or ())
+    for k in ("selections", "datasets"):
+        if opts.get(k) is not None:
+            opts[k] = tuple(opts[k])
+    return BenchmarkPlan(out_dir=out_dir, resume=True, **opts, **changes)
 
 
 def run_benchmark(plan: BenchmarkPlan, **kwargs: Any) -> Path:

@@ -195,3 +195,25 @@ def test_unreadable_case_is_skipped_and_listed(toy_pairs, tmp_path):
     assert sorted(df["case"].unique()) == ["c0", "c2"]
     skipped = pd.read_csv(tmp_path / "o" / "skipped.csv")
     assert skipped["path"].str.endswith("c1.png").any()
+
+
+def test_jitter_repeats_and_reopening_a_folder(toy_pairs, tmp_path):
+    from app.core.benchmark import open_case, plan_from_manifest
+
+    kw = dict(prebuilt_methods={"three": ThreeCandidates()}, modes=(3,), jitter=0.1,
+              repeats=2, selections=("oracle",))
+    out = tmp_path / "o"
+    gen = iter_benchmark(_plan(toy_pairs, out, **kw))
+    next(gen)
+    gen.close()
+    plan = plan_from_manifest(out, prebuilt_methods={"three": ThreeCandidates()})
+    assert plan.resume and plan.jitter == 0.1 and plan.repeats == 2 and plan.modes == (3,)
+    df = load_results(run_benchmark(plan))
+    assert len(df) == 3 * 2 and sorted(df["repeat"].unique()) == [0, 1]
+    c0 = df[df["case"] == "c0"].sort_values("repeat")
+    boxes = [json.loads(b)[0] for b in c0["boxes"]]
+    assert boxes[0] != boxes[1] and boxes[0] != [5, 5, 16, 16]  # jittered, per repeat
+    shown = open_case(out, c0.iloc[0])
+    assert shown["gt"].sum() == 144 and shown["image"].shape == (48, 56)
+    assert shown["prediction"] is not None and shown["prediction"].shape == (48, 56)
+    assert shown["boxes"] == [boxes[0]]
