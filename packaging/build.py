@@ -203,9 +203,11 @@ def smoke_checks(dist_dir: Path = DIST_DIR, data_dir: Path = DEFAULT_DATA) -> di
     res = _run([exe, "--help"], timeout_s=300)
     checks["help"] = {"rc": res.returncode, "status": "pass" if res.returncode == 0 else "fail",
                       "subcommands": res.stdout[-1500:]}
-    help_text = res.stdout
 
-    if " models" in help_text or "{models" in help_text or ",models" in help_text:
+    def has_subcommand(name: str) -> bool:
+        return _run([exe, name, "--help"], timeout_s=300).returncode == 0
+
+    if has_subcommand("models"):
         res = _run([exe, "models"], timeout_s=600)
         checks["models"] = {"rc": res.returncode, "output": (res.stdout + res.stderr)[-1500:],
                             "status": "pass" if res.returncode == 0 and "litemedsam" in
@@ -213,7 +215,7 @@ def smoke_checks(dist_dir: Path = DIST_DIR, data_dir: Path = DEFAULT_DATA) -> di
     else:
         checks["models"] = {"status": "skipped", "reason": "no `models` subcommand in this build"}
 
-    if "segment" in help_text:
+    if has_subcommand("segment"):
         checks["segment"] = _segment_check(exe, data_dir, out_dir)
     else:
         checks["segment"] = {"status": "skipped", "reason": "no `segment` subcommand in this build"}

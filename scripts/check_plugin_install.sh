@@ -40,6 +40,8 @@ step "pip install \"napari[$QT_EXTRA]\""
 "$PY" -m pip install -q "napari[$QT_EXTRA]"
 step "pip install $REPO   (no extras)"
 "$PY" -m pip install -q "$REPO"
+# a reused venv already has samscope 0.1.0: put the checkout's current code in place
+[ "${KEEP_VENV:-0}" = 1 ] && "$PY" -m pip install -q --no-deps --force-reinstall "$REPO"
 "$PY" -m pip list 2>/dev/null | grep -iE "^(samscope|napari|npe2|pyqt6|pyqt5|pyside6|qtpy|torch) " || true
 
 step "1. no PySide6 installed by the base install"
