@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +163,9 @@ class BenchmarkPlan:
 
     def options(self) -> dict[str, Any]:
         """The options that define the results (recorded in, and checked against, the manifest)."""
-        d = asdict(self)
-        for k in ("out_dir", "resume", "prebuilt_methods", "device", "save_masks"):
-            d.pop(k, None)
+        # not asdict(): it would deep-copy prebuilt methods (models, engines)
+        skip = ("out_dir", "resume", "prebuilt_methods", "device", "save_masks")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["data"] = str(Path(self.data).resolve())
         d["modes"] = list(self.modes)
         d["protocols"] = list(self.protocols)
