@@ -60,11 +60,13 @@ def summarize(df):
     return pd.DataFrame(out)
 
 
-def noc_table(df, thresholds=NOC_THRESHOLDS):
+def noc_table(df, thresholds=NOC_THRESHOLDS, max_clicks: dict[str, int] | None = None):
     """NoC@t and failures per dataset x task x method x iterative protocol x selection.
 
-    NoC@t of a run is the first click whose IoU reaches t, the run's maximum clicks when never
-    reached (then it counts as a failure), as RITM computes it.
+    NoC@t of a run is the first click whose IoU reaches t, and the protocol's maximum number of
+    clicks when never reached (then it counts as a failure), as RITM computes it.
+    ``max_clicks`` maps protocol -> the run's click budget; by default the largest click seen
+    (a standard run that stopped early has fewer rows than its budget).
     """
     import pandas as pd
 
@@ -74,15 +76,15 @@ def noc_table(df, thresholds=NOC_THRESHOLDS):
     out = []
     keys = ["dataset", "task", "method", "protocol", "selection"]
     for key, g in d.groupby(keys, sort=True):
-        max_clicks = int(g["click"].max())
+        budget = (max_clicks or {}).get(key[3], int(g["click"].max()))
         nocs = {t: [] for t in thresholds}
         for _, run in g.groupby(["case", "repeat"]):
             ious = run.sort_values("click")["iou"].to_numpy(float)
             for t in thresholds:
-                nocs[t].append(noc(ious, t, max_clicks))
+                nocs[t].append(noc(ious, t, budget))
         rec = dict(zip(keys, key))
         rec["runs"] = len(nocs[thresholds[0]])
-        rec["max_clicks"] = max_clicks
+        rec["max_clicks"] = budget
         for t in thresholds:
             arr = np.asarray(nocs[t])
             tag = int(round(t * 100))
@@ -148,16 +150,19 @@ def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
     out = Path(out_dir)
     df = load_results(out)
     manifest = read_manifest(out)
+    opts: dict[str, Any] = manifest.get("options", {})
     summary = summarize(df) if len(df) else pd.DataFrame()
     summary.to_csv(out / "summary.csv", index=False)
-    nocs = noc_table(df) if len(df) and (df["click"] > 0).any() else pd.DataFrame()
+    budgets = {p: int(opts.get("clicks") or (20 if p == "standard" else 5))
+               for p in ("paper", "standard")}
+    nocs = (noc_table(df, max_clicks=budgets) if len(df) and (df["click"] > 0).any()
+            else pd.DataFrame())
     if len(nocs):
         nocs.to_csv(out / "noc.csv", index=False)
     made = _figures(df, out) if figures and len(df) else []
 
     skipped = pd.read_csv(out / "skipped.csv") if (out / "skipped.csv").is_file() else None
     parts: list[str] = []
-    opts: dict[str, Any] = manifest.get("options", {})
     parts.append(f"<h1>SAMScope benchmark: {html.escape(str(opts.get('data', out)))}</h1>")
     parts.append(
         f"<p>Status: <b>{html.escape(str(manifest.get('status', '?')))}</b>; "
