@@ -38,6 +38,9 @@ _SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.
 GAP_TOLERANCE_MM = 0.01
 GAP_TOLERANCE_REL = 0.01
 _ORIENT_TOL = 1e-3
+#: refuse files whose header claims more pixel bytes than this (a damaged Rows/NumberOfFrames
+#: would otherwise ask the decoder for tens of GiB)
+MAX_PIXEL_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -252,8 +255,27 @@ def _decode(ds, path: Path) -> np.ndarray:
             pass
         raise ReadError(f"{path}: DICOM file has no pixel data ({sop}){hint}")
     try:
+        need = (
+            int(_get(ds, "Rows", 0))
+            * int(_get(ds, "Columns", 0))
+            * int(_get(ds, "SamplesPerPixel", 1) or 1)
+            * _n_frames(ds)
+            * max(int(_get(ds, "BitsAllocated", 8) or 8), 8)
+            // 8
+        )
+    except (TypeError, ValueError):
+        need = 0
+    if need > MAX_PIXEL_BYTES:
+        raise ReadError(
+            f"{path}: the header claims {need / 2**30:.1f} GiB of pixels "
+            f"({_get(ds, 'Rows')}x{_get(ds, 'Columns')}, {_n_frames(ds)} frames); damaged header?"
+        )
+    try:
         arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders raise many types; the Rust RLE
+        # decoder (pylibjpeg-rle) even raises pyo3's PanicException, a BaseException
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", str(ts))
         raise ReadError(
@@ -426,6 +448,9 @@ def _invert_window(window: Window | None, ds, slope: float, intercept: float) ->
 
 def _frames_single(ds, path: Path) -> list[_Frame]:
     arr = _decode(ds, path)
+    colour = int(_get(ds, "SamplesPerPixel", 1) or 1) > 1
+    if arr.ndim != (3 if colour else 2):
+        raise ReadError(f"{path}: unexpected pixel array shape {arr.shape} for one frame")
     slope = _float(_get(ds, "RescaleSlope"), 1.0)
     intercept = _float(_get(ds, "RescaleIntercept"), 0.0)
     if slope == 0:
@@ -495,8 +520,11 @@ def _frames_multi(ds, path: Path, index: int | None) -> list[_Frame]:
     arr = _decode(ds, path)
     if n > 1 and arr.shape[0] != n:
         raise ReadError(f"{path}: NumberOfFrames is {n} but the pixel data holds shape {arr.shape}")
-    if n == 1:
+    colour = int(_get(ds, "SamplesPerPixel", 1) or 1) > 1
+    if n == 1 and arr.ndim == (3 if colour else 2):
         arr = arr[None]
+    if arr.ndim != (4 if colour else 3) or (colour and arr.shape[-1] != 3):
+        raise ReadError(f"{path}: unexpected pixel array shape {arr.shape} for {n} frame(s)")
     frame_ids = range(n)
     if index is not None:
         if not -n <= index < n:

@@ -199,9 +199,14 @@ def read_seg_segments(
         ds = pydicom.dcmread(str(path))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged input
         raise ReadError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-    if str(ds.get("SOPClassUID", "")) not in _SEG_SOP_CLASSES and ds.get("Modality") != "SEG":
+    try:
+        is_seg = str(ds.get("SOPClassUID", "")) in _SEG_SOP_CLASSES or ds.get("Modality") == "SEG"
+        modality = ds.get("Modality", "?")
+    except Exception as exc:  # noqa: BLE001
+        raise ReadError(f"{path}: damaged DICOM header ({type(exc).__name__}: {exc})") from exc
+    if not is_seg:
         raise ReadError(
-            f"{path}: is a DICOM {ds.get('Modality', '?')} image, not a DICOM SEG; "
+            f"{path}: is a DICOM {modality} image, not a DICOM SEG; "
             "labels must be a SEG, NIfTI, NRRD or PNG file"
         )
     try:
@@ -221,38 +226,47 @@ def read_seg_segments(
         raise ReadError(f"{path}: LABELMAP SEGs are not supported yet; convert to BINARY")
     else:
         frames = frames > 0
-    shared = _first(ds, "SharedFunctionalGroupsSequence")
-    iop = None
-    orient = _first(shared, "PlaneOrientationSequence") if shared is not None else None
-    if orient is not None:
-        iop = np.asarray(orient.ImageOrientationPatient, float)
-    seg_numbers, positions, refs = [], [], []
-    for i, f in enumerate(per_frame):
-        ident = _first(f, "SegmentIdentificationSequence") or _first(
-            shared, "SegmentIdentificationSequence"
-        )
-        if ident is None:
-            raise ReadError(f"{path}: frame {i + 1} names no segment")
-        seg_numbers.append(int(ident.ReferencedSegmentNumber))
-        pos = _first(f, "PlanePositionSequence") or _first(shared, "PlanePositionSequence")
-        positions.append(None if pos is None else np.asarray(pos.ImagePositionPatient, float))
-        src = _first(f, "DerivationImageSequence", "SourceImageSequence") or _first(
-            shared, "DerivationImageSequence", "SourceImageSequence"
-        )
-        if src is not None:
-            fn = src.get("ReferencedFrameNumber", None)
-            fn = (
-                int(fn[0] if isinstance(fn, list | pydicom.multival.MultiValue) else fn)
-                if fn
-                else 1
+    try:
+        shared = _first(ds, "SharedFunctionalGroupsSequence")
+        iop = None
+        orient = _first(shared, "PlaneOrientationSequence") if shared is not None else None
+        if orient is not None:
+            iop = np.asarray(orient.ImageOrientationPatient, float)
+        seg_numbers, positions, refs = [], [], []
+        for i, f in enumerate(per_frame):
+            ident = _first(f, "SegmentIdentificationSequence") or _first(
+                shared, "SegmentIdentificationSequence"
             )
-            refs.append((str(src.ReferencedSOPInstanceUID), fn))
-        else:
-            refs.append(None)
-        if iop is None:
-            o = _first(f, "PlaneOrientationSequence")
-            if o is not None:
-                iop = np.asarray(o.ImageOrientationPatient, float)
+            if ident is None:
+                raise ReadError(f"{path}: frame {i + 1} names no segment")
+            seg_numbers.append(int(ident.ReferencedSegmentNumber))
+            pos = _first(f, "PlanePositionSequence") or _first(shared, "PlanePositionSequence")
+            positions.append(None if pos is None else np.asarray(pos.ImagePositionPatient, float))
+            src = _first(f, "DerivationImageSequence", "SourceImageSequence") or _first(
+                shared, "DerivationImageSequence", "SourceImageSequence"
+            )
+            if src is not None:
+                fn = src.get("ReferencedFrameNumber", None)
+                fn = (
+                    int(fn[0] if isinstance(fn, list | pydicom.multival.MultiValue) else fn)
+                    if fn
+                    else 1
+                )
+                refs.append((str(src.ReferencedSOPInstanceUID), fn))
+            else:
+                refs.append(None)
+            if iop is None:
+                o = _first(f, "PlaneOrientationSequence")
+                if o is not None:
+                    iop = np.asarray(o.ImageOrientationPatient, float)
+    except ReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged elements are parsed lazily, raise anything
+        raise ReadError(
+            f"{path}: damaged DICOM SEG frame descriptions ({type(exc).__name__}: {exc})"
+        ) from exc
+    if frames.ndim != 3:
+        raise ReadError(f"{path}: unexpected SEG pixel array shape {frames.shape}")
     rows, cols = frames.shape[1:]
     if reference is not None:
         if (rows, cols) != reference.shape[1:]:
@@ -269,8 +283,12 @@ def read_seg_segments(
     for i, (number, z) in enumerate(zip(seg_numbers, z_of)):
         mask = out.setdefault(number, np.zeros((n_z, rows, cols), bool))
         mask[z] |= frames[i]
-    for seg_item in ds.get("SegmentSequence", []):
-        out.setdefault(int(seg_item.SegmentNumber), np.zeros((n_z, rows, cols), bool))
+    try:
+        numbers = [int(item.SegmentNumber) for item in ds.get("SegmentSequence", [])]
+    except Exception as exc:  # noqa: BLE001
+        raise ReadError(f"{path}: damaged SegmentSequence ({exc})") from exc
+    for number in numbers:
+        out.setdefault(number, np.zeros((n_z, rows, cols), bool))
     return dict(sorted(out.items()))
 
 
