@@ -233,7 +233,8 @@ def list_series(path: str | os.PathLike[str]) -> list[SeriesInfo]:
 # --- pixel values ---------------------------------------------------------------------------
 
 
-def _decode(ds, path: Path) -> np.ndarray:
+def _decode(ds, path: Path, frame: int | None = None) -> np.ndarray:
+    """Decoded pixels of the whole file, or of one 0-based ``frame`` only (cheap for cines)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         sop = getattr(_get(ds, "SOPClassUID"), "name", _get(ds, "SOPClassUID", "?"))
         hint = ""
@@ -271,7 +272,12 @@ def _decode(ds, path: Path) -> np.ndarray:
             f"({_get(ds, 'Rows')}x{_get(ds, 'Columns')}, {_n_frames(ds)} frames); damaged header?"
         )
     try:
-        arr = ds.pixel_array
+        if frame is None:
+            arr = ds.pixel_array
+        else:
+            from pydicom.pixels import pixel_array
+
+            arr = pixel_array(ds, index=frame)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - decoders raise many types; the Rust RLE
@@ -517,19 +523,27 @@ def _fg_item(ds, i: int, seq: str):
 
 def _frames_multi(ds, path: Path, index: int | None) -> list[_Frame]:
     n = _n_frames(ds)
-    arr = _decode(ds, path)
-    if n > 1 and arr.shape[0] != n:
-        raise ReadError(f"{path}: NumberOfFrames is {n} but the pixel data holds shape {arr.shape}")
     colour = int(_get(ds, "SamplesPerPixel", 1) or 1) > 1
-    if n == 1 and arr.ndim == (3 if colour else 2):
-        arr = arr[None]
-    if arr.ndim != (4 if colour else 3) or (colour and arr.shape[-1] != 3):
-        raise ReadError(f"{path}: unexpected pixel array shape {arr.shape} for {n} frame(s)")
-    frame_ids = range(n)
     if index is not None:
         if not -n <= index < n:
             raise ReadError(f"{path}: frame index {index} is outside 0..{n - 1}")
-        frame_ids = [index % n]
+        frame_ids: Sequence[int] = [index % n]
+        arr = _decode(ds, path, frame=frame_ids[0] if n > 1 else None)
+        row_of = {frame_ids[0]: 0}
+        if arr.ndim == (3 if colour else 2):
+            arr = arr[None]
+    else:
+        frame_ids = range(n)
+        arr = _decode(ds, path)
+        if n > 1 and arr.shape[0] != n:
+            raise ReadError(
+                f"{path}: NumberOfFrames is {n} but the pixel data holds shape {arr.shape}"
+            )
+        if n == 1 and arr.ndim == (3 if colour else 2):
+            arr = arr[None]
+        row_of = {i: i for i in frame_ids}
+    if arr.ndim != (4 if colour else 3) or (colour and arr.shape[-1] != 3):
+        raise ReadError(f"{path}: unexpected pixel array shape {arr.shape} for {n} frame(s)")
     enhanced = (
         _get(ds, "PerFrameFunctionalGroupsSequence") is not None
         or _get(ds, "SharedFunctionalGroupsSequence") is not None
@@ -548,7 +562,7 @@ def _frames_multi(ds, path: Path, index: int | None) -> list[_Frame]:
     sop = str(_get(ds, "SOPInstanceUID", ""))
     frames = []
     for i in frame_ids:
-        raw = arr[i]
+        raw = arr[row_of[i]]
         if enhanced:
             slope = _float(_fg(ds, i, "PixelValueTransformationSequence", "RescaleSlope"), 1.0)
             intercept = _float(
