@@ -117,8 +117,7 @@ class _Bar:
         if not self.tty and now - self.last < 5 and p.cases_done < p.cases_total:
             return
         self.last = now
-        total = max(p.cases_total, 1)
-        frac = min(1.0, p.cases_done / total)
+        frac = p.fraction
         elapsed = now - self.t0
         eta = elapsed / frac - elapsed if frac > 0 else float("nan")
         bar = "#" * int(frac * 24) + "." * (24 - int(frac * 24))

@@ -194,6 +194,9 @@ class Progress:
         Rows appended to results.csv by this call (resumed rows not included).
     message : str
         What just happened, for a status line.
+    fraction : float
+        Overall progress in [0, 1]: cases done plus the done share of the current case's
+        images (for a progress bar or an ETA).
     """
 
     cases_done: int
@@ -201,6 +204,7 @@ class Progress:
     images_done: int
     rows_written: int
     message: str
+    fraction: float = 0.0
 
 
 def select_candidate(cands_masks: np.ndarray, scores: np.ndarray, gt: np.ndarray,
@@ -500,9 +504,10 @@ def iter_benchmark(
     prepare_count = {n: 0 for n in methods}
     predict_calls = {n: 0 for n in methods}
 
-    def progress(done: int, msg: str) -> None:
+    def progress(done: int, msg: str, within: float = 0.0) -> None:
         if on_progress is not None:
-            on_progress(Progress(done, len(cases), images_done, run.rows_written, msg))
+            frac = min(1.0, (done + within) / max(len(cases), 1))
+            on_progress(Progress(done, len(cases), images_done, run.rows_written, msg, frac))
 
     def cancelled() -> bool:
         return cancel is not None and cancel.is_set()
@@ -522,7 +527,7 @@ def iter_benchmark(
                 run.log(f"skipped {ref.image}: {exc}")
                 progress(ci + 1, f"skipped {ref.case}")
                 continue
-            for sample in samples:
+            for si, sample in enumerate(samples):
                 if cancelled():
                     break
                 for name, method in methods.items():
@@ -566,7 +571,7 @@ def iter_benchmark(
                         run.rows_written += len(rows)
                         yield from rows
                 images_done += 1
-                progress(ci, f"{ref.dataset} {sample.case_id}")
+                progress(ci, f"{ref.dataset} {sample.case_id}", (si + 1) / len(samples))
             progress(ci + 1, f"{ref.dataset} {ref.case} done")
         status = "interrupted" if cancelled() else "complete"
     finally:
