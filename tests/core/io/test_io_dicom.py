@@ -204,3 +204,18 @@ def test_headers_kept_for_the_seg_writer(shared_data):
     assert [ds.SOPInstanceUID for ds in dss] == vol.meta["sop_instance_uids"]
     z = [float(ds.ImagePositionPatient[2]) for ds in dss]
     assert z == sorted(z)
+
+
+def test_folder_with_two_series_default_largest_and_choice(shared_data, tmp_path):
+    for name in ("01.dcm", "02.dcm", "03.dcm"):
+        shutil.copy(shared_data / "dicom/ct_3slice/ct" / name, tmp_path / f"ct_{name}")
+    (tmp_path / "mr").mkdir()
+    shutil.copy(_testfile("MR_small.dcm"), tmp_path / "mr" / "mr.dcm")
+    infos = list_series(tmp_path)
+    assert [s.modality for s in infos] == ["CT", "MR"] and infos[0].n_files == 3
+    assert read_image(tmp_path).modality == "CT"
+    mr = read_image(tmp_path, series=1)
+    assert mr.modality == "MR" and mr.shape == (1, 64, 64)
+    assert read_image(tmp_path, series=infos[1].uid).meta["series_instance_uid"] == infos[1].uid
+    with pytest.raises(ReadError, match="series 5 is outside"):
+        read_image(tmp_path, series=5)

@@ -115,3 +115,28 @@ def test_scaling_applied(tmp_path):
     nib.save(img, p)
     vol = read_image(p)
     np.testing.assert_allclose(vol.pixels[3, 2, 1], data[1, 2, 3] * 0.5 - 10)
+
+
+def test_nrrd_ras_and_lps_spaces_agree_with_nifti(tmp_path):
+    import nrrd
+
+    rng = np.random.default_rng(5)
+    data_ijk = rng.integers(0, 100, (6, 5, 4)).astype(np.int16)
+    affine_ras = np.array(
+        [[-0.5, 0.0, 0.0, 10.0], [0.0, 0.7, 0.0, -20.0], [0.0, 0.0, 2.0, 30.0], [0, 0, 0, 1]]
+    )
+    nib.save(nib.Nifti1Image(data_ijk, affine_ras), tmp_path / "ref.nii.gz")
+    ref = read_image(tmp_path / "ref.nii.gz")
+    for space, flip in (("right-anterior-superior", 1.0), ("left-posterior-superior", -1.0)):
+        m = affine_ras.copy()
+        m[:2] *= flip  # RAS rows as they are, or turned into LPS
+        header = {"space": space, "space directions": m[:3, :3].T, "space origin": m[:3, 3]}
+        nrrd.write(str(tmp_path / "v.nrrd"), data_ijk, header, index_order="F")
+        vol = read_image(tmp_path / "v.nrrd")
+        np.testing.assert_array_equal(vol.pixels, ref.pixels)
+        np.testing.assert_allclose(vol.affine_lps, ref.affine_lps, atol=1e-6)
+        labels = (data_ijk > 50).astype(np.uint8)
+        nrrd.write(str(tmp_path / "l.nrrd"), labels, header, index_order="F")
+        np.testing.assert_array_equal(
+            read_labels(tmp_path / "l.nrrd", ref), labels.transpose(2, 1, 0)
+        )
