@@ -46,7 +46,7 @@ from app.core.benchmark.datasets import (
 from app.core.benchmark.results import ResultsStore, read_manifest, write_manifest
 from app.core.errors import DatasetError
 from app.core.metrics import dice, hd95, iou, nsd, size_fraction
-from app.core.models.base import Candidates, Prompt
+from app.core.models.base import Candidates, Prompt, PromptNotSupportedError
 from app.core.prompts import (
     MODES,
     PROTOCOLS,
@@ -337,6 +337,18 @@ def _union_candidates(parts: list[Candidates]) -> tuple[np.ndarray, np.ndarray]:
     return masks, scores
 
 
+def _refused_row(run: _Run, method: Any, sample: ImageSample, label: int, task: str,
+                 protocol: str, repeat: int, selection: str, prepare_s: float,
+                 exc: Exception, points: list, boxes: list, click: int) -> dict[str, Any]:
+    """A row saying the method refused the prompt: no metrics, the reason in ``note``."""
+    row = run.base_row(sample, label, task, method.name, protocol, repeat, prepare_s)
+    row.update(click=click, selection=selection, iou=None, dice=None, hd95_mm=None, nsd=None,
+               candidate=None, score=None, points=json.dumps(points), boxes=json.dumps(boxes),
+               n_calls=0, seconds=0.0, prompt_supported=False,
+               note=f"refused: {exc}", mask_file="")
+    return row
+
+
 def _run_mode(run: _Run, method: Any, state: Any, sample: ImageSample, label: int, task: str,
               mode: int, repeat: int, selections: Sequence[str], prepare_s: float) -> list[dict]:
     plan = run.plan
@@ -344,7 +356,11 @@ def _run_mode(run: _Run, method: Any, state: Any, sample: ImageSample, label: in
     rng = derive_rng(plan.seed, sample.ref.dataset, sample.case_id, label, f"mode{mode}", repeat)
     mp = mode_prompts(gt, mode, rng, jitter=plan.jitter)
     t0 = time.perf_counter()
-    parts = [method.predict(state, p, multimask=True) for p in mp.prompts]
+    try:
+        parts = [method.predict(state, p, multimask=True) for p in mp.prompts]
+    except PromptNotSupportedError as exc:
+        return [_refused_row(run, method, sample, label, task, f"mode{mode}", repeat, sel,
+                             prepare_s, exc, mp.points, mp.boxes, click=0) for sel in selections]
     seconds = time.perf_counter() - t0
     if len(parts) == 1:
         masks, scores = parts[0].masks, parts[0].scores
@@ -395,7 +411,12 @@ def _run_clicks(run: _Run, method: Any, state: Any, sample: ImageSample, label: 
             mask_logits=logits if feed_back else None,
         )
         t0 = time.perf_counter()
-        cands = method.predict(state, prompt, multimask=True)
+        try:
+            cands = method.predict(state, prompt, multimask=True)
+        except PromptNotSupportedError as exc:
+            metrics_rows.append(_refused_row(run, method, sample, label, task, protocol, repeat,
+                                             selection, prepare_s, exc, points, [], click=click))
+            return metrics_rows
         seconds = time.perf_counter() - t0
         metrics = _Metrics(gt, sample.spacing_mm, plan.nsd_tolerance_mm)
         ious = [metrics.of(k, cands.masks[k])["iou"] for k in range(len(cands))]

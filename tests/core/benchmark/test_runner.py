@@ -217,3 +217,28 @@ def test_jitter_repeats_and_reopening_a_folder(toy_pairs, tmp_path):
     assert shown["gt"].sum() == 144 and shown["image"].shape == (48, 56)
     assert shown["prediction"] is not None and shown["prediction"].shape == (48, 56)
     assert shown["boxes"] == [boxes[0]]
+
+
+class BoxesOnly(ThreeCandidates):
+    """Refuses point-only prompts, as a plug-in for a box-only model might."""
+
+    name = "boxes_only"
+
+    def predict(self, state, prompt, multimask=True):
+        from app.core.models.base import PromptNotSupportedError
+
+        if prompt.box_xyxy is None:
+            raise PromptNotSupportedError("boxes_only takes boxes only")
+        return super().predict(state, prompt, multimask)
+
+
+def test_refused_prompts_are_recorded_not_fatal(toy_pairs, tmp_path):
+    plan = BenchmarkPlan(data=toy_pairs, out_dir=tmp_path / "o", methods=("boxes_only",),
+                         modes=(1, 5), protocols=("paper",), clicks=3, selections=("first",),
+                         prebuilt_methods={"boxes_only": BoxesOnly()})
+    df = load_results(run_benchmark(plan))
+    refused = df[df["protocol"].isin(["mode1", "paper"])]
+    assert len(refused) == 3 + 3  # one row per case and prompt group, then the run stops
+    assert refused["iou"].isna().all() and (~refused["prompt_supported"]).all()
+    assert refused["note"].str.contains("boxes only").all()
+    assert df[df["protocol"] == "mode5"]["iou"].notna().all()
