@@ -48,6 +48,7 @@ __all__ = [
     "discover",
     "load_case",
     "iter_images",
+    "natural_key",
 ]
 
 LAYOUTS = ("msd", "nnunet_v2", "pairs_2d", "medsam_npz")
