@@ -270,10 +270,6 @@ def _align_to_reference(
         and (np.abs(rot).sum(axis=1) == 1).all()
     )
     if not is_perm or not np.allclose(t[:3, 3], np.round(t[:3, 3]), atol=1e-2):
-        if labels.shape == ref_shape:
-            # same shape, different geometry: trust the voxel grid but say so via the error
-            # only when the grids are wildly off (e.g. another scan)
-            pass
         raise ReadError(
             f"{path}: the label grid does not match the image grid of "
             f"{reference.source or 'the reference'} (shapes {labels.shape} vs {ref_shape}; "
