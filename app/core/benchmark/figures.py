@@ -168,8 +168,13 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
     protocols = protocols or [p for p in [*_MODE_NAMES, "paper", "standard"]
                               if p in set(pairs["protocol"])]
     tasks = sorted(pairs["task_label"].unique())
-    fig = _figure(2.4 * len(protocols) + 1.5, 0.45 * len(tasks) + 1.6)
-    axes = fig.subplots(1, len(protocols), squeeze=False, sharey=True)[0]
+    ncol = min(4, len(protocols))
+    nrow = int(np.ceil(len(protocols) / ncol))
+    fig = _figure(2.6 * ncol + 1.5, (0.45 * len(tasks) + 1.3) * nrow + 0.4)
+    grid = fig.subplots(nrow, ncol, squeeze=False, sharey=True)
+    axes = grid.ravel()
+    for ax in axes[len(protocols):]:
+        ax.set_visible(False)
     for ax, proto in zip(axes, protocols):
         p = pairs[pairs["protocol"] == proto]
         stats = [mean_ci(p[p["task_label"] == t]["iou_a"] - p[p["task_label"] == t]["iou_b"])
@@ -183,7 +188,8 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
         ax.set_title(_MODE_NAMES.get(proto, f"{proto} (last click)"), fontsize=9)
         ax.set_xlabel("ΔIoU")
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(np.arange(len(tasks)), tasks)
+    for row in grid:
+        row[0].set_yticks(np.arange(len(tasks)), tasks)
     fig.suptitle(f"IoU of {method_a} minus {method_b} (selection: {selection})", fontsize=10)
     return fig
 
