@@ -140,3 +140,20 @@ def test_nrrd_ras_and_lps_spaces_agree_with_nifti(tmp_path):
         np.testing.assert_array_equal(
             read_labels(tmp_path / "l.nrrd", ref), labels.transpose(2, 1, 0)
         )
+
+
+def test_label_grid_half_voxel_off_is_refused_tiny_float_noise_accepted(shared_data, tmp_path):
+    vol = read_image(shared_data / "msd_like/imagesTr/breast1.nii.gz")
+    src = nib.load(shared_data / "msd_like/labelsTr/breast1.nii.gz")
+    data = np.asanyarray(src.dataobj)
+    noisy = src.affine.copy()
+    noisy[:3, 3] += 1e-4  # float noise of another writer
+    nib.save(nib.Nifti1Image(data, noisy), tmp_path / "noisy.nii.gz")
+    np.testing.assert_array_equal(
+        read_labels(tmp_path / "noisy.nii.gz", vol), read_labels(src.get_filename(), vol)
+    )
+    shifted = src.affine.copy()
+    shifted[:3, 3] += shifted[:3, :3] @ [0.5, 0, 0]  # half a voxel along i
+    nib.save(nib.Nifti1Image(data, shifted), tmp_path / "shifted.nii.gz")
+    with pytest.raises(ReadError, match="does not match the image grid"):
+        read_labels(tmp_path / "shifted.nii.gz", vol)
