@@ -9,7 +9,8 @@
 #   4. npe2 discovers, through the installed `napari.manifest` entry point, both docks, the
 #      reader, the writer and both samples, and every python_name in the manifest imports;
 #   5. in a napari Viewer (under Xvfb when there is no display) the Plugins menu lists SAMScope's
-#      two docks, and File > Open Sample lists its samples.
+#      two docks and File > Open Sample its samples; both docks open on the user's binding, and
+#      PySide6 is never loaded beside it.
 #
 #   bash scripts/check_plugin_install.sh [VENV_DIR]      (default: /tmp/samscope-plugin-check)
 # Env: QT_EXTRA (default pyqt6), KEEP_VENV=1 to reuse an existing VENV_DIR.
@@ -24,7 +25,8 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 step() { echo; echo "== $* ($(date -u +%T))"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
+failed=()
+fail() { echo "FAIL: $*" >&2; failed+=("$*"); }
 
 if [ "${KEEP_VENV:-0}" != 1 ] || [ ! -x "$VENV/bin/python" ]; then
     step "fresh venv at $VENV"
@@ -51,7 +53,7 @@ fi
 echo "ok: PySide6 not installed"
 
 step "2. import app pulls no Qt binding"
-"$PY" - <<'EOF'
+"$PY" - <<'EOF' || fail "2. import app pulls a Qt binding"
 import sys
 
 import app
@@ -69,7 +71,7 @@ grep -qi samscope /tmp/samscope-npe2-list.txt || fail "npe2 list does not show s
 "$VENV/bin/npe2" validate samscope || fail "npe2 validate samscope"
 
 step "4. contributions discovered through the napari.manifest entry point"
-"$PY" - <<'EOF'
+"$PY" - <<'EOF' || fail "4. contributions / python_names"
 import importlib
 from importlib.metadata import entry_points
 
@@ -103,7 +105,7 @@ EOF
 
 step "5. napari's Plugins menu and Open Sample menu (Qt binding: $QT_EXTRA)"
 run_display() { if [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null; then xvfb-run -a "$@"; else "$@"; fi; }
-run_display "$PY" - <<'EOF'
+run_display "$PY" - <<'EOF' || fail "5. napari menus"
 import sys
 
 import napari
@@ -132,11 +134,23 @@ try:
     print("Open Sample menu:", samples)
     assert any("Segment" in t for t in plugins) and any("Benchmark" in t for t in plugins), plugins
     assert len([t for t in samples if ">" in t]) >= 2 or len(samples) >= 2, samples
+    print(f"ok: napari {napari.__version__} on {API_NAME} lists SAMScope's docks and samples")
+    # open both docks as the Plugins menu does (imports the widget, passes the viewer)
+    broken = []
+    for name in ("Segment", "Benchmark"):
+        try:
+            _, widget = viewer.window.add_plugin_dock_widget("samscope", name)
+            print(f"ok: opened the {name} dock: {type(widget).__name__}")
+        except Exception as exc:  # noqa: BLE001 - report each dock
+            broken.append(f"{name}: {type(exc).__name__}: {exc}")
+    assert not broken, f"docks that do not open on {API_NAME}: {broken}"
     if API_NAME != "PySide6":
         assert "PySide6" not in sys.modules, f"PySide6 loaded beside the user's {API_NAME}"
-    print(f"ok: napari {napari.__version__} on {API_NAME} lists SAMScope's docks and samples")
 finally:
     viewer.close()
 EOF
 
+if [ ${#failed[@]} -gt 0 ]; then
+    step "FAILED: ${#failed[@]} check(s)"; printf '  - %s\n' "${failed[@]}"; exit 1
+fi
 step "all plugin-install checks passed"
