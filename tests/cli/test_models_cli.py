@@ -6,7 +6,7 @@ import json
 
 from app.cli import main
 
-NAMES = ["litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b", "mobilesam_vit_t"]
+NAMES = ["litemedsam", "litemedsam_points", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b", "mobilesam_vit_t"]
 
 
 def test_models_json_lists_every_model_with_status(capsys, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.core.errors import SamScopeError
+from app.core.models import finetuned as _ft
 from app.core.models import litemedsam as _lite
 from app.core.models import sam as _sam
 from app.core.models._preprocess import LITEMEDSAM_256, MEDSAM_1024, SAM_1024, Preprocessing
@@ -35,9 +36,12 @@ __all__ = [
     "checkpoint_path",
     "load_model",
     "load_model_from_spec",
+    "DEFAULT_POINT_MODEL",
 ]
 
 DEFAULT_MODEL = "litemedsam"
+#: the default for point prompts: LiteMedSAM's decoder fine-tuned for clicks (issue 7)
+DEFAULT_POINT_MODEL = "litemedsam_points"
 
 
 def _lite_sha() -> str:
@@ -94,6 +98,18 @@ _SPECS: tuple[ModelSpec, ...] = (
             size_bytes=39_370_479,
             bundled=_lite.bundled_checkpoint_path,
         ),
+        build=_lite.build_litemedsam_net,
+    ),
+    ModelSpec(
+        name="litemedsam_points",
+        title="LiteMedSAM (points)",
+        description="LiteMedSAM with its prompt encoder + mask decoder fine-tuned by SAMScope "
+        "for clicks (assets/models/litemedsam_points/MODEL_CARD.md); points, boxes, three "
+        "ranked candidates; the default for point prompts.",
+        capabilities=_ft.POINT_CAPABILITIES,
+        preprocessing=LITEMEDSAM_256,
+        checkpoint=CheckpointSource(filename=_ft.WEIGHTS_NAME, bundled=lambda: str(
+            _ft.bundled_model_dir("litemedsam_points") / _ft.WEIGHTS_NAME)),
         build=_lite.build_litemedsam_net,
     ),
     ModelSpec(
@@ -241,6 +257,12 @@ def load_model(name: str = DEFAULT_MODEL, *, checkpoint: str | os.PathLike | Non
     SamScopeError
         The checkpoint does not fit the network, or the network's package is not installed.
     """
+    # fine-tuned models (issue 7): bundled ones by name, any model folder by path
+    folder = (checkpoint if checkpoint is not None and _ft.is_finetuned_dir(checkpoint) else
+              _ft.resolve_finetuned(name) if checkpoint is None and (
+                  name in _ft.BUNDLED_FINETUNED or name not in _BY_NAME) else None)
+    if folder is not None:
+        return _ft.load_finetuned(folder, device=device, precision=precision)
     return load_model_from_spec(get_spec(name), checkpoint=checkpoint, device=device,
                                 download=download, on_progress=on_progress, precision=precision)
 

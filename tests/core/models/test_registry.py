@@ -19,7 +19,7 @@ def test_names_and_default():
     names = [s.name for s in list_models()]
     assert names[0] == DEFAULT_MODEL == "litemedsam"
     assert set(names) == {"litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b",
-                          "mobilesam_vit_t"}
+                          "mobilesam_vit_t", "litemedsam_points"}
     with pytest.raises(ValueError, match="unknown model 'vit_x'.*litemedsam"):
         get_spec("vit_x")
 

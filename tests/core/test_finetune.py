@@ -1,0 +1,269 @@
+"""Fine-tuning: prompt sampling, the split by case, a short real training run, save/reload,
+safe loading, cancel, and the shipped point-capable default on images it never saw."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from app.core.finetune import (
+    FinetuneConfig,
+    TrainingSample,
+    finetune,
+    load_training_samples,
+    sample_prompt,
+    split_by_case,
+)
+from app.core.image import Image2D
+from app.core.models.base import Prompt
+
+
+def _two_blobs() -> np.ndarray:
+    mask = np.zeros((80, 120), bool)
+    mask[10:41, 10:51] = True  # 31 x 41, the largest
+    mask[50:71, 80:101] = True  # 21 x 21
+    return mask
+
+
+# --- prompts ----------------------------------------------------------------------------------
+def test_sampled_prompts_follow_the_recipe():
+    mask = _two_blobs()
+    rng = np.random.default_rng(0)
+    cfg = FinetuneConfig()
+    kinds: Counter = Counter()
+    for _ in range(400):
+        tp = sample_prompt(mask, rng, cfg)
+        assert tp.target.shape == mask.shape and tp.target.any()
+        assert not (tp.target & ~mask).any()  # the target is the mask or one of its parts
+        if tp.prompt.has_box:
+            kinds["box"] += 1
+            assert not tp.ambiguous and not tp.prompt.has_points
+            tp.prompt.validate_for(mask.shape)
+            x0, y0, x1, y1 = tp.prompt.box_xyxy.astype(int)
+            inside = np.zeros_like(mask)
+            inside[y0:y1 + 1, x0:x1 + 1] = True
+            # a (possibly jittered) box still covers most of its target
+            assert (tp.target & inside).sum() > 0.5 * tp.target.sum()
+            continue
+        kinds["points"] += 1
+        pts, labels = tp.prompt.points_xy.astype(int), tp.prompt.point_labels
+        assert 1 <= (labels == 1).sum() <= cfg.max_points
+        for (x, y), lab in zip(pts, labels):
+            assert mask[y, x] == bool(lab)  # positives on the object, negatives off it
+        assert tp.ambiguous == (len(pts) == 1)
+        kinds["negative"] += int((labels == 0).any())
+        kinds["part_target"] += int(tp.target.sum() < mask.sum())
+    assert 0.2 < kinds["box"] / 400 < 0.4
+    assert kinds["negative"] > 20 and kinds["part_target"] > 20
+
+
+def test_single_click_goes_to_the_farthest_pixel_when_asked():
+    mask = np.zeros((60, 60), bool)
+    mask[10:41, 20:51] = True  # 31 x 31: a unique centre (25, 35) in (row, col)
+    cfg = FinetuneConfig(p_box=0, p_farthest=1.0, max_points=1, p_negative=0)
+    tp = sample_prompt(mask, np.random.default_rng(3), cfg)
+    assert tp.prompt.points_xy.tolist() == [[35.0, 25.0]] and tp.ambiguous
+
+
+def _sample(case: str, task: str, z: int = 0) -> TrainingSample:
+    img = Image2D.from_array(np.full((8, 8), z, np.uint8))
+    return TrainingSample(img, np.ones((8, 8), bool), case=case, task=task, source=f"{case}#{z}")
+
+
+def test_split_is_by_case_per_dataset_and_reproducible():
+    samples = [_sample(f"a/{i}", "a") for i in range(8)]
+    samples += [_sample(f"vol/{i}", "vol", z) for i in range(3) for z in range(4)]
+    samples += [_sample("single/0", "single", z) for z in range(3)]
+    train, val = split_by_case(samples, 0.25, seed=7)
+    tr_cases, va_cases = {s.case for s in train}, {s.case for s in val}
+    assert not tr_cases & va_cases
+    assert len(train) + len(val) == len(samples)
+    assert sum(c.startswith("a/") for c in va_cases) == 2
+    assert sum(c.startswith("vol/") for c in va_cases) == 1
+    assert sum(s.case.startswith("vol/") for s in val) == 4  # all slices of the case
+    assert "single/0" in tr_cases  # a one-case dataset trains only
+    again = split_by_case(samples, 0.25, seed=7)[1]
+    assert [s.source for s in again] == [s.source for s in val]
+
+
+def test_split_rejects_a_bad_fraction():
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_by_case([_sample("a/0", "a")], 1.0, 0)
+
+
+def test_empty_training_set_is_a_dataset_error():
+    from app.core.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="no training samples"):
+        finetune([], [])
+
+
+def test_missing_dataset_folder(tmp_path):
+    from app.core.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_training_samples(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no dataset"):
+        load_training_samples(tmp_path / "empty")
+
+
+# --- a short real training run ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fetal(shared_data):
+    return load_training_samples(shared_data / "png_pairs" / "fetal_head_us")
+
+
+@pytest.fixture(scope="module")
+def trained(fetal):
+    """12 steps on 3 real ultrasound images, validated on the same images (does it learn?)."""
+    samples = fetal[:3]
+    reports = []
+    cfg = FinetuneConfig(steps=12, batch_size=4, lr=3e-4, val_every=6, patience=0, p_box=0.0,
+                         p_correction=0.2, seed=0)
+    res = finetune(samples, samples, base="litemedsam", name="test_ft", config=cfg,
+                   device="cpu", on_progress=reports.append)
+    return res, reports, samples
+
+
+def test_loss_falls_and_clicks_start_to_work(trained):
+    res, reports, _ = trained
+    hist = res.history
+    assert [h["step"] for h in hist] == [0, 6, 12]
+    assert hist[2]["loss"] < hist[1]["loss"]
+    # base LiteMedSAM: a single click gives an almost empty mask
+    assert hist[0]["val_point_iou"] < 0.1
+    assert hist[-1]["val_point_iou"] > hist[0]["val_point_iou"] + 0.2
+    phases = Counter(r.phase for r in reports)
+    assert phases["embedding"] == 3 and phases["training"] == 12 and phases["done"] == 1
+    assert res.stopped == "steps"
+
+
+def test_manifest_records_recipe_data_and_scores(trained):
+    res, _, samples = trained
+    m = res.manifest
+    assert m["base_model"] == "litemedsam" and m["name"] == "test_ft"
+    assert m["recipe"]["seed"] == 0 and m["recipe"]["lr"] == 3e-4 and m["recipe"]["steps"] == 12
+    assert m["training"]["steps_taken"] == 12 and m["training"]["embeddings_computed"] == 3
+    assert m["data"]["n_train_images"] == 3 and len(m["data"]["train_sha256"]) == 64
+    before, after = m["validation"]["before"], m["validation"]["after"]
+    assert before["fetal_head_us"]["n"] == 3
+    assert after["all"]["mode1_best_score"] > before["all"]["mode1_best_score"]
+    json.dumps(m)  # serialisable as is
+    assert res.model.capabilities.meaningful_multimask and res.model.capabilities.points
+
+
+def test_save_reload_predicts_identically(trained, tmp_path):
+    from dataclasses import replace
+
+    from app.core.models.finetuned import load_finetuned, read_manifest, save_finetuned
+
+    res, _, samples = trained
+    out = save_finetuned(res.model, tmp_path / "m", res.manifest)
+    manifest = read_manifest(out)
+    assert manifest["weights_dtype"] == "float16" and manifest["weights_bytes"] < 10e6
+    reloaded = load_finetuned(out, device="cpu")
+    assert reloaded.name == "test_ft" and reloaded.capabilities.meaningful_multimask
+    emb = res.model.embed(samples[0].image)
+    for prompt in (Prompt.from_points([[400, 270]]), Prompt.from_box([250, 120, 560, 420])):
+        a = res.model.predict(emb, prompt)
+        b = reloaded.predict(replace(emb, model_name=reloaded.name), prompt)
+        np.testing.assert_array_equal(a.low_res_logits, b.low_res_logits)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    with pytest.raises(Exception, match="already exists"):
+        save_finetuned(res.model, out, res.manifest)
+
+
+def test_changed_or_pickled_weights_are_refused(trained, tmp_path):
+    from app.core.errors import CheckpointRefusedError
+    from app.core.models.checkpoints import sha256_file
+    from app.core.models.finetuned import load_finetuned, save_finetuned
+
+    res, _, _ = trained
+    out = save_finetuned(res.model, tmp_path / "m", res.manifest)
+    weights = out / "decoder.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointRefusedError, match="SHA-256"):
+        load_finetuned(out, device="cpu")
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    weights.write_bytes(pickle.dumps({"prompt_encoder.x": Evil()}))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["weights_sha256"] = sha256_file(weights)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointRefusedError):
+        load_finetuned(out, device="cpu")
+    assert not marker.exists()
+
+
+def test_cancel_keeps_the_weights_so_far(fetal):
+    cancel = threading.Event()
+
+    def on_progress(p):
+        if p.phase == "training" and p.done == 2:
+            cancel.set()
+
+    cfg = FinetuneConfig(steps=50, batch_size=1, seed=1)
+    res = finetune(fetal[3:4], [], config=cfg, device="cpu", on_progress=on_progress,
+                   cancel=cancel, evaluate=False)
+    assert res.stopped == "cancelled"
+    assert res.manifest["training"]["steps_taken"] == 2
+
+
+# --- the shipped point-capable default --------------------------------------------------------
+def test_shipped_points_model_answers_a_single_click_on_unseen_images(fetal):
+    from app.core.engine import Engine
+    from app.core.finetune import evaluate_modes
+    from app.core.models.finetuned import bundled_model_dir, read_manifest
+    from app.core.models.registry import load_model
+
+    folder = bundled_model_dir("litemedsam_points")
+    if not (folder / "manifest.json").is_file():
+        pytest.skip("litemedsam_points is not trained in this checkout")
+    manifest = read_manifest(folder)
+    val_cases = set(manifest["data"]["val_cases"])
+    unseen = [s for s in fetal if s.case in val_cases][:2]
+    assert len(unseen) == 2 and not val_cases & set(manifest["data"]["train_cases"])
+    model = load_model("litemedsam_points", device="cpu")
+    assert model.capabilities.points and model.capabilities.meaningful_multimask
+    scores = evaluate_modes(model, unseen, modes=(1,), engine=Engine(model))["all"]
+    # base LiteMedSAM gives ~0.0 for this click; the fine-tuned decoder segments the head
+    assert scores["mode1_best_score"] > 0.5
+    # the three candidates of one click are alternatives, not copies
+    assert scores["mode1_pairwise_iou"] < 0.95
+
+
+def test_shipped_model_folder_is_small_and_documented():
+    from app.core.models.finetuned import bundled_model_dir
+
+    folder = bundled_model_dir("litemedsam_points")
+    if not (folder / "manifest.json").is_file():
+        pytest.skip("litemedsam_points is not trained in this checkout")
+    assert (folder / "decoder.pt").stat().st_size < 20e6
+    card = (folder / "MODEL_CARD.md").read_text()
+    for needed in ("Validation", "Data", "Recipe", "CC BY", "fetal_head_us", "cxr_lungs"):
+        assert needed in card
+
+
+def test_bundled_folder_can_be_copied_and_loaded_by_path(tmp_path):
+    from app.core.models.finetuned import bundled_model_dir, resolve_finetuned
+
+    folder = bundled_model_dir("litemedsam_points")
+    if not (folder / "manifest.json").is_file():
+        pytest.skip("litemedsam_points is not trained in this checkout")
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    assert resolve_finetuned(str(copy)) == copy
+    assert resolve_finetuned("no_such_model") is None
