@@ -119,6 +119,15 @@ def _get(ds, keyword: str, default=None):
     return default if value is None or value == "" else value
 
 
+def _int(ds, keyword: str, default: int) -> int:
+    """An integer attribute; ``default`` when missing, empty, multi-valued or not a number."""
+    value = _get(ds, keyword, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
 def _is_dicomdir(ds) -> bool:
     return "DirectoryRecordSequence" in ds
 
@@ -192,7 +201,7 @@ def _scan(path: Path) -> tuple[dict[str, list[tuple[Path, Any]]], int, int]:
 
 def _n_frames(ds) -> int:
     try:
-        return max(int(_get(ds, "NumberOfFrames", 1) or 1), 1)
+        return max(_int(ds, "NumberOfFrames", 1), 1)
     except (TypeError, ValueError):
         return 1
 
@@ -214,8 +223,8 @@ def _series_infos(groups: dict[str, list[tuple[Path, Any]]]) -> list[SeriesInfo]
                 number=number,
                 n_files=len(items),
                 n_frames=sum(_n_frames(ds) for _, ds in items),
-                rows=int(_get(ds0, "Rows", 0)),
-                columns=int(_get(ds0, "Columns", 0)),
+                rows=_int(ds0, "Rows", 0),
+                columns=_int(ds0, "Columns", 0),
                 paths=tuple(str(p) for p, _ in items),
             )
         )
@@ -240,11 +249,11 @@ def _decode(ds, path: Path, frame: int | None = None) -> np.ndarray:
         hint = ""
         try:
             need = (
-                int(_get(ds, "Rows", 0))
-                * int(_get(ds, "Columns", 0))
-                * int(_get(ds, "SamplesPerPixel", 1) or 1)
+                _int(ds, "Rows", 0)
+                * _int(ds, "Columns", 0)
+                * _int(ds, "SamplesPerPixel", 1)
                 * _n_frames(ds)
-                * int(_get(ds, "BitsAllocated", 8) or 8)
+                * _int(ds, "BitsAllocated", 8)
                 // 8
             )
             size = path.stat().st_size
@@ -257,11 +266,11 @@ def _decode(ds, path: Path, frame: int | None = None) -> np.ndarray:
         raise ReadError(f"{path}: DICOM file has no pixel data ({sop}){hint}")
     try:
         need = (
-            int(_get(ds, "Rows", 0))
-            * int(_get(ds, "Columns", 0))
-            * int(_get(ds, "SamplesPerPixel", 1) or 1)
+            _int(ds, "Rows", 0)
+            * _int(ds, "Columns", 0)
+            * _int(ds, "SamplesPerPixel", 1)
             * _n_frames(ds)
-            * max(int(_get(ds, "BitsAllocated", 8) or 8), 8)
+            * max(_int(ds, "BitsAllocated", 8), 8)
             // 8
         )
     except (TypeError, ValueError):
@@ -318,9 +327,9 @@ def _rescale(arr: np.ndarray, slope: float, intercept: float) -> np.ndarray:
 
 
 def _stored_range(ds) -> tuple[float, float]:
-    bits = int(_get(ds, "BitsStored", _get(ds, "BitsAllocated", 16)) or 16)
+    bits = _int(ds, "BitsStored", _int(ds, "BitsAllocated", 16))
     bits = min(max(bits, 1), 32)
-    if int(_get(ds, "PixelRepresentation", 0) or 0) == 1:
+    if _int(ds, "PixelRepresentation", 0) == 1:
         return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
     return 0.0, 2.0**bits - 1
 
@@ -341,7 +350,7 @@ def _window_from(item) -> Window | None:
 def _to_rgb8(arr: np.ndarray, ds) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
-    bits = int(_get(ds, "BitsStored", 8) or 8)
+    bits = _int(ds, "BitsStored", 8)
     if arr.max(initial=0) > 255:
         shift = max(bits - 8, 0) if arr.max() < 2**bits else 8
         return (arr >> shift).astype(np.uint8) if shift else np.clip(arr, 0, 255).astype(np.uint8)
@@ -361,7 +370,7 @@ def _colour(arr: np.ndarray, ds, path: Path) -> np.ndarray | None:
         if rgb.dtype != np.uint8:
             rgb = (rgb >> 8).astype(np.uint8) if rgb.max(initial=0) > 255 else rgb.astype(np.uint8)
         return rgb
-    samples = int(_get(ds, "SamplesPerPixel", 1) or 1)
+    samples = _int(ds, "SamplesPerPixel", 1)
     if samples == 3 or pi.startswith(("RGB", "YBR")):
         if arr.shape[-1] != 3:
             raise ReadError(f"{path}: colour image with unexpected shape {arr.shape}")
@@ -454,7 +463,7 @@ def _invert_window(window: Window | None, ds, slope: float, intercept: float) ->
 
 def _frames_single(ds, path: Path) -> list[_Frame]:
     arr = _decode(ds, path)
-    colour = int(_get(ds, "SamplesPerPixel", 1) or 1) > 1
+    colour = _int(ds, "SamplesPerPixel", 1) > 1
     if arr.ndim != (3 if colour else 2):
         raise ReadError(f"{path}: unexpected pixel array shape {arr.shape} for one frame")
     slope = _float(_get(ds, "RescaleSlope"), 1.0)
@@ -523,7 +532,7 @@ def _fg_item(ds, i: int, seq: str):
 
 def _frames_multi(ds, path: Path, index: int | None) -> list[_Frame]:
     n = _n_frames(ds)
-    colour = int(_get(ds, "SamplesPerPixel", 1) or 1) > 1
+    colour = _int(ds, "SamplesPerPixel", 1) > 1
     if index is not None:
         if not -n <= index < n:
             raise ReadError(f"{path}: frame index {index} is outside 0..{n - 1}")
