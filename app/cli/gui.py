@@ -17,9 +17,13 @@ import time
 
 __all__ = ["register", "run", "SELF_TEST_MIN_IOU"]
 
-#: the accepted mask must reach this IoU with the sample's ground truth (LiteMedSAM reaches
-#: ~0.95 with a tight box on the fetal head; a broken pipeline lands far below)
-SELF_TEST_MIN_IOU = 0.85
+#: the accepted mask must reach this IoU with the sample's ground truth. LiteMedSAM reaches
+#: 0.688 with the tight box on this fetal head (it keeps to the inside of the skull, the
+#: annotation is the outer ellipse); wrong axes or a wrong crop land far below.
+SELF_TEST_MIN_IOU = 0.6
+#: ... and must not simply fill the box: a filled box scores ~0.78 against an ellipse, so the
+#: IoU of the mask with its own box must stay below this (LiteMedSAM's mask: ~0.55)
+SELF_TEST_MAX_BOX_FILL = 0.9
 
 
 def register(subparsers) -> None:
@@ -90,7 +94,8 @@ def self_test(screenshot: str | None = None, timeout_s: float = 180.0,
               timeout_s, "the sample to open")
         _wait(app, lambda: dock.engine is not None, timeout_s, "the model to load")
         truth = dock.truth_mask()
-        dock.set_box(coords.mask_to_box_xyxy(truth))
+        box = coords.mask_to_box_xyxy(truth)
+        dock.set_box(box)
         _wait(app, lambda: dock.candidates is not None, timeout_s, "the candidates")
         label = int(dock.label_spin.value())
         if not dock.accept():
@@ -100,7 +105,12 @@ def self_test(screenshot: str | None = None, timeout_s: float = 180.0,
         inter = float(np.logical_and(accepted, truth).sum())
         union = float(np.logical_or(accepted, truth).sum())
         iou = inter / union if union else 0.0
-        result.update(iou=round(iou, 4), model=dock.model_name,
+        x0, y0, x1, y1 = (int(v) for v in box)
+        box_mask = np.zeros_like(truth)
+        box_mask[y0 : y1 + 1, x0 : x1 + 1] = True
+        box_fill = float(np.logical_and(accepted, box_mask).sum()
+                         / max(np.logical_or(accepted, box_mask).sum(), 1))
+        result.update(iou=round(iou, 4), box_fill=round(box_fill, 4), model=dock.model_name,
                       latency_ms=round(1000 * (dock.last_latency_s or 0), 1),
                       mask_px=int(accepted.sum()), truth_px=int(truth.sum()))
         if screenshot:
@@ -109,9 +119,11 @@ def self_test(screenshot: str | None = None, timeout_s: float = 180.0,
                 time.sleep(0.02)
             win.viewer.screenshot(screenshot, canvas_only=False)
             result["screenshot"] = str(screenshot)
-        result["self_test"] = "ok" if iou >= SELF_TEST_MIN_IOU else "iou below threshold"
+        ok = iou >= SELF_TEST_MIN_IOU and box_fill < SELF_TEST_MAX_BOX_FILL
+        result["self_test"] = "ok" if ok else (
+            "iou below threshold" if iou < SELF_TEST_MIN_IOU else "mask just fills the box")
         result["min_iou"] = SELF_TEST_MIN_IOU
-        code = 0 if iou >= SELF_TEST_MIN_IOU else 1
+        code = 0 if ok else 1
     except Exception as exc:  # noqa: BLE001 - the self-test reports every failure as JSON
         result["error"] = f"{type(exc).__name__}: {exc}"
         code = 2

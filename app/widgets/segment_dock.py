@@ -190,6 +190,7 @@ class SegmentDock(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         content = QWidget()
         scroll.setWidget(content)
         outer.addWidget(scroll)
@@ -350,10 +351,12 @@ class SegmentDock(QWidget):
         g.addWidget(self.task_progress, 4, 0, 1, 2)
         lay.addWidget(box)
 
+        lay.addStretch(1)
+        # the status line stays in sight below the scrolling part
         self.status = QLabel()
         self.status.setWordWrap(True)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
+        self.status.setStyleSheet("padding: 4px; border-top: 1px solid #555;")
+        outer.addWidget(self.status)
         self._update_buttons()
 
     def _set_status(self, text: str) -> None:
@@ -438,15 +441,18 @@ class SegmentDock(QWidget):
 
     def open_sample(self, which: str) -> None:
         """Open a bundled sample scan (``"ultrasound"`` or ``"ct"``) with its ground truth."""
-        try:
-            from app.core.io import samples
+        self._set_status(f"Opening the {which} sample …")
 
-            image_path = samples.sample_path(which)
-            truth_path = _sample_truth_path(samples, which)
-        except Exception as exc:  # noqa: BLE001
-            self._notify(f"sample {which!r} is not available: {exc}", error=True)
-            return
-        self.open_path(image_path, truth_path)
+        def work():
+            try:
+                from app.core.io.samples import load_sample
+
+                vol, truth = load_sample(which)
+                self._signals.read_done.emit(vol, None, truth)
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                self._signals.read_done.emit(None, exc, None)
+
+        threading.Thread(target=work, name="samscope-sample", daemon=True).start()
 
     def _on_read_done(self, volume, error, truth) -> None:
         if error is not None:
@@ -469,17 +475,10 @@ class SegmentDock(QWidget):
 
     def set_volume(self, volume: Volume, name: str | None = None) -> None:
         """Show ``volume`` as a new image layer and start a session on it."""
-        nd = 2 if volume.is_2d else 3
-        pixels = volume.pixels[0] if nd == 2 else volume.pixels
-        geom = _geometry(volume, nd)
-        win = volume.display_window()
-        kwargs = dict(name=name or _short_name(volume.source), **geom,
-                      metadata={"samscope_volume": volume})
-        if volume.is_rgb:
-            layer = self.viewer.add_image(pixels, rgb=True, **kwargs)
-        else:
-            layer = self.viewer.add_image(pixels, colormap="gray",
-                                          contrast_limits=(win.low, win.high), **kwargs)
+        from app.napari_io import volume_layer_data
+
+        data, kwargs, _ = volume_layer_data(volume, name=name)
+        layer = self.viewer.add_image(data, **kwargs)
         if layer is not self.image_layer:  # layers.inserted may have adopted it already
             self.use_image_layer(layer)
 
@@ -551,7 +550,11 @@ class SegmentDock(QWidget):
     def _geometry_kwargs(self) -> dict:
         layer = self.image_layer
         n = self.ndim
-        return {"scale": tuple(layer.scale[-n:]), "translate": tuple(layer.translate[-n:])}
+        kw = {"scale": tuple(layer.scale[-n:]), "translate": tuple(layer.translate[-n:])}
+        units = getattr(layer, "units", None)
+        if units is not None:
+            kw["units"] = tuple(str(u) for u in units[-n:])
+        return kw
 
     def _make_layers(self) -> None:
         self._syncing = True
@@ -562,8 +565,10 @@ class SegmentDock(QWidget):
             geom = self._geometry_kwargs()
             n = self.ndim
             labels_view = self.session.labels[0] if n == 2 else self.session.labels
-            self.labels_layer = self.viewer.add_labels(labels_view, name=LABELS_NAME,
-                                                       opacity=0.55, **geom)
+            self.labels_layer = self.viewer.add_labels(
+                labels_view, name=LABELS_NAME, opacity=0.55, **geom,
+                metadata={"samscope_volume": self.session.volume,
+                          "source": self.session.volume.source})
             self.preview_layer = self.viewer.add_labels(
                 np.zeros(labels_view.shape, np.uint8), name=PREVIEW_NAME, opacity=0.5,
                 **geom)
@@ -1347,22 +1352,6 @@ def _import_model_libraries() -> None:
             pass
 
 
-def _geometry(volume: Volume, nd: int) -> dict:
-    kw = volume.napari_kwargs()
-    if nd == 2:
-        return {"scale": kw["scale"][1:], "translate": kw["translate"][1:]}
-    return kw
-
-
 def _short_name(source: str) -> str:
     return Path(str(source)).name or str(source) or "image"
 
-
-def _sample_truth_path(samples, which: str):
-    fn = getattr(samples, "sample_truth_path", None) or getattr(samples, "sample_mask_path", None)
-    if fn is None:
-        return None
-    try:
-        return fn(which)
-    except Exception:  # noqa: BLE001 - a sample without ground truth still opens
-        return None
