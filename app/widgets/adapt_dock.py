@@ -180,6 +180,11 @@ class AdaptDock(QWidget):
         if not dataset.is_dir():
             self._show_error(f"dataset folder {dataset} does not exist")
             return
+        # torch & co. must be imported on the GUI thread with triton kept out (a triton import
+        # after napari made its OpenGL context segfaults); the Segment dock owns that recipe
+        from app.widgets.segment_dock import _import_model_libraries
+
+        _import_model_libraries()
         from app.core.finetune import FinetuneConfig
 
         cfg = FinetuneConfig(steps=self.steps_spin.value(), minutes=self.minutes_spin.value(),

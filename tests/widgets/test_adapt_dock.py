@@ -55,7 +55,7 @@ def test_a_short_run_shows_progress_comparison_and_saves(dock, qtbot, tmp_path, 
     assert dock.error is None, dock.error
     assert dock.history_table.rowCount() >= 2  # step 0 and the last step
     tasks = [dock.compare_table.item(r, 0).text() for r in range(dock.compare_table.rowCount())]
-    assert tasks == ["fetal_head_us", "all"]
+    assert tasks == ["mine", "all"]  # tasks are named after the dataset folder
     assert dock.compare_table.item(0, 2).text() and dock.compare_table.item(0, 3).text()
     assert dock.save_button.isEnabled()
     path = dock.save()
