@@ -11,7 +11,8 @@ Steps, each printed with its duration:
 4. smoke checks run from the bundle itself: ``samscope --version``, ``samscope models``,
    ``samscope segment`` on a real ultrasound image with a box from its ground truth (the mask's
    IoU against the ground truth, and against the same command run unfrozen in the build
-   environment), and ``samscope --self-test`` under Xvfb.
+   environment), the same on a DICOM CT slice written as DICOM SEG (read back and scored on
+   the liver), and ``samscope --self-test`` under Xvfb.
 
 Everything lands in ``packaging/dist/build-report.json``; the exit status is non-zero when a
 step fails. The build environment decides the torch inside: a CUDA torch build makes a bundle
@@ -197,6 +198,39 @@ def _segment_check(exe: Path, data_dir: Path, out_dir: Path) -> dict:
     return result
 
 
+def _dicom_seg_check(exe: Path, data_dir: Path, out_dir: Path) -> dict:
+    """``samscope segment`` on a DICOM CT series slice, written as DICOM SEG by the bundle
+    (highdicom and its standard tables inside), read back unfrozen and scored on the liver."""
+    import numpy as np
+
+    series = data_dir / "dicom/ct_3slice/ct"
+    truth_path = data_dir / "dicom/ct_3slice/nifti/liver.nii.gz"
+    if not (series.is_dir() and truth_path.is_file()):
+        return {"status": "skipped", "reason": f"no test data at {series}"}
+    from app.core.io import read_image, read_labels
+
+    volume = read_image(series)
+    truth = read_labels(truth_path, reference=volume) > 0
+    k = 1
+    rows, cols = np.nonzero(truth[k])
+    box = [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())]
+    out = out_dir / "segment_ct_liver.dcm"
+    res = _run([exe, "segment", series, "--slice", k, "--box", *box, "--output", out,
+                "--overwrite"], timeout_s=600)
+    result = {"series": str(series), "slice": k, "box_xyxy": box, "rc": res.returncode,
+              "stdout_tail": res.stdout[-600:], "stderr_tail": res.stderr[-1500:]}
+    if res.returncode != 0 or not out.is_file():
+        result["status"] = "fail"
+        return result
+    labels = read_labels(out, reference=volume) > 0
+    inter, union = (labels[k] & truth[k]).sum(), (labels[k] | truth[k]).sum()
+    result["iou"] = round(float(inter / max(union, 1)), 4)
+    result["other_slices_empty"] = bool(not labels[:k].any() and not labels[k + 1:].any())
+    ok = result["iou"] >= 0.75 and result["other_slices_empty"]
+    result["status"] = "pass" if ok else "fail"
+    return result
+
+
 def smoke_checks(dist_dir: Path = DIST_DIR, data_dir: Path = DEFAULT_DATA) -> dict:
     """Run the bundle's own checks; each entry has a ``status`` of pass, fail or skipped."""
     exe = bundle_executable(dist_dir)
@@ -226,6 +260,7 @@ def smoke_checks(dist_dir: Path = DIST_DIR, data_dir: Path = DEFAULT_DATA) -> di
 
     if has_subcommand("segment"):
         checks["segment"] = _segment_check(exe, data_dir, out_dir)
+        checks["segment_dicom_seg"] = _dicom_seg_check(exe, data_dir, out_dir)
     else:
         checks["segment"] = {"status": "skipped", "reason": "no `segment` subcommand in this build"}
 

@@ -55,6 +55,12 @@ def test_bundle_cli_segments_a_real_image(build_report, shared_data):
     assert check["iou"] >= 0.85 and check["iou_vs_unfrozen"] >= 0.99, check
 
 
+def test_bundle_writes_dicom_seg_aligned_to_the_series(build_report, shared_data):
+    check = build_report["checks"]["segment_dicom_seg"]
+    assert check["status"] == "pass", check
+    assert check["iou"] >= 0.75 and check["other_slices_empty"], check
+
+
 def test_bundle_contents(build_report):
     internal = DIST / "samscope" / "_internal"
     # package data found with importlib.resources in the frozen app
