@@ -243,6 +243,18 @@ def smoke_checks(dist_dir: Path = DIST_DIR, data_dir: Path = DEFAULT_DATA) -> di
                          "status": "pass" if res.returncode == 0 and "samscope" in res.stdout
                          else "fail"}
 
+    # the entry script's self-description: Qt binding, plugins npe2 finds, resources, torch
+    res = _run([exe], timeout_s=300, env=dict(os.environ, SAMSCOPE_BUNDLE_INFO="1"))
+    info = _last_json_line(res.stdout) or {}
+    contributions = info.get("samscope_contributions") or {}
+    ok = (res.returncode == 0 and info.get("qt_bindings_loaded") == ["PySide6"]
+          and "samscope" in info.get("napari_plugins", [])
+          and contributions.get("widgets") == ["Benchmark", "Segment"]
+          and contributions.get("sample_data") == ["ct", "ultrasound"]
+          and (info.get("litemedsam_checkpoint_bytes") or 0) > 30e6 and info.get("samples"))
+    checks["bundle_info"] = {"rc": res.returncode, "result": info or None,
+                             "stderr_tail": res.stderr[-1500:], "status": "pass" if ok else "fail"}
+
     res = _run([exe, "--help"], timeout_s=300)
     checks["help"] = {"rc": res.returncode, "status": "pass" if res.returncode == 0 else "fail",
                       "subcommands": res.stdout[-1500:]}

@@ -42,6 +42,16 @@ def test_bundle_builds_and_passes_its_checks(build_report):
     assert build_report["_rc"] == 0 and build_report["ok"], build_report["_log"]
 
 
+def test_bundle_finds_its_plugin_resources_and_one_qt_binding(build_report):
+    """``SAMSCOPE_BUNDLE_INFO=1 samscope``: what the frozen app sees at run time."""
+    check = build_report["checks"]["bundle_info"]
+    assert check["status"] == "pass", check
+    info = check["result"]
+    assert info["frozen"] is True
+    assert info["qt_bindings_loaded"] == ["PySide6"]
+    assert "samscope" in info["napari_plugins"] and "napari" in info["napari_plugins"]
+
+
 def test_bundle_self_test_segments_the_sample(build_report):
     check = build_report["checks"]["self_test"]
     assert check["status"] == "pass", check
