@@ -485,7 +485,10 @@ class SegmentDock(QWidget):
     def _is_adoptable(self, layer) -> bool:
         from napari.layers import Image
 
-        return isinstance(layer, Image) and layer.name not in _OWN_LAYERS
+        meta = getattr(layer, "metadata", None) or {}
+        # cases opened from the Benchmark dock are for looking at, not a new session
+        return (isinstance(layer, Image) and layer.name not in _OWN_LAYERS
+                and not meta.get("samscope_benchmark_case"))
 
     def _on_layer_inserted(self, event) -> None:
         layer = event.value

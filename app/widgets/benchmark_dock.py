@@ -1,0 +1,622 @@
+"""The Benchmark dock: run the paper's prompt modes and click protocols on a dataset folder.
+
+Drives the same core as ``samscope benchmark`` (:func:`app.core.benchmark.iter_benchmark`) in a
+background thread: progress bar, Cancel (the run folder stays resumable), Resume, reopen a run
+folder, a sortable summary table and per-case table, the paper-style figures in tabs, and
+double-click on a case to show it in the viewer (image, ground truth, prediction, prompts).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, QTimer, QUrl, Signal
+from qtpy.QtGui import QDesktopServices
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+__all__ = ["BenchmarkDock", "CASE_LAYER_KEY"]
+
+#: metadata flag on layers opened from a results row (the Segment dock leaves them alone)
+CASE_LAYER_KEY = "samscope_benchmark_case"
+
+_SUMMARY_COLUMNS = ["dataset", "task", "method", "protocol", "click", "selection", "n",
+                    "iou_mean", "iou_ci_low", "iou_ci_high", "dice_mean", "seconds_mean"]
+_CASE_COLUMNS = ["dataset", "task", "case", "slice", "method", "protocol", "click",
+                 "selection", "iou", "dice", "seconds"]
+
+
+class _Signals(QObject):
+    discovered = Signal(object, object)  # (suite, error)
+    progress = Signal(object)
+    log = Signal(str)
+    finished = Signal(str, object)  # (status, error)
+    report_ready = Signal(object, object)  # (path, error)
+
+
+class _NumericItem(QTableWidgetItem):
+    """Sorts by number, not by text."""
+
+    def __init__(self, value):
+        text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else (
+            f"{value:.3f}" if isinstance(value, float) else str(value))
+        super().__init__(text)
+        self._key = value if isinstance(value, int | float) and not (
+            isinstance(value, float) and np.isnan(value)) else float("-inf")
+
+    def __lt__(self, other):  # noqa: D105
+        if isinstance(other, _NumericItem):
+            return self._key < other._key
+        return super().__lt__(other)
+
+
+class BenchmarkDock(QWidget):
+    """Benchmark prompting on a dataset folder (see the module docstring).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.suite = None
+        self.out_dir: Path | None = None
+        self.results = None  # pandas DataFrame of results.csv
+        self.summary = None
+        self.status = "idle"  # idle | running | done | cancelled | interrupted | failed
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._signals = _Signals()
+        self._signals.discovered.connect(self._on_discovered)
+        self._signals.progress.connect(self._on_progress)
+        self._signals.log.connect(self._on_log)
+        self._signals.finished.connect(self._on_finished)
+        self._signals.report_ready.connect(self._on_report_ready)
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setInterval(2000)
+        self._refresh_timer.timeout.connect(self.refresh_results)
+        self._build_ui()
+
+    # ======================================================================================
+    # UI
+    # ======================================================================================
+    def _build_ui(self) -> None:
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 6, 6, 6)
+
+        box = QGroupBox("Dataset")
+        g = QGridLayout(box)
+        self.data_edit = QLineEdit()
+        self.data_edit.setPlaceholderText("MSD, nnU-Net v2, images/+masks/ or .npz folder")
+        self.data_button = QPushButton("Choose…")
+        self.data_button.clicked.connect(self._choose_data)
+        self.data_edit.editingFinished.connect(lambda: self.set_dataset(self.data_edit.text()))
+        g.addWidget(self.data_edit, 0, 0)
+        g.addWidget(self.data_button, 0, 1)
+        self.data_info = QLabel("No dataset chosen.")
+        self.data_info.setWordWrap(True)
+        g.addWidget(self.data_info, 1, 0, 1, 2)
+        lay.addWidget(box)
+
+        box = QGroupBox("Plan")
+        g = QGridLayout(box)
+        g.addWidget(QLabel("Methods:"), 0, 0, Qt.AlignmentFlag.AlignTop)
+        self.methods_list = QListWidget()
+        self.methods_list.setMaximumHeight(110)
+        g.addWidget(self.methods_list, 0, 1, 1, 3)
+        self._fill_methods()
+        g.addWidget(QLabel("Modes:"), 1, 0)
+        row = QHBoxLayout()
+        self.mode_checks = []
+        for m in range(1, 6):
+            c = QCheckBox(str(m))
+            c.setChecked(True)
+            c.setToolTip({1: "one point, largest component", 2: "a point per component (≤3)",
+                          3: "box, largest component", 4: "a box per component (≤3)",
+                          5: "one box around the whole mask"}[m])
+            self.mode_checks.append(c)
+            row.addWidget(c)
+        g.addLayout(row, 1, 1, 1, 3)
+        g.addWidget(QLabel("Clicks:"), 2, 0)
+        self.protocol_combo = QComboBox()
+        for label, value in (("none", ()), ("paper", ("paper",)), ("standard", ("standard",)),
+                             ("paper + standard", ("paper", "standard"))):
+            self.protocol_combo.addItem(label, value)
+        g.addWidget(self.protocol_combo, 2, 1)
+        self.clicks_spin = QSpinBox()
+        self.clicks_spin.setRange(1, 20)
+        self.clicks_spin.setValue(5)
+        self.clicks_spin.setPrefix("clicks ")
+        g.addWidget(self.clicks_spin, 2, 2)
+        g.addWidget(QLabel("Selection:"), 3, 0)
+        row = QHBoxLayout()
+        self.selection_checks = {}
+        for name in ("first", "best_score", "oracle"):
+            c = QCheckBox(name)
+            c.setChecked(name != "best_score")
+            self.selection_checks[name] = c
+            row.addWidget(c)
+        self.selection_auto = QCheckBox("auto")
+        self.selection_auto.setToolTip("first + oracle where the model's outputs can be "
+                                       "ranked, first only otherwise")
+        self.selection_auto.setChecked(True)
+        row.addWidget(self.selection_auto)
+        g.addLayout(row, 3, 1, 1, 3)
+        g.addWidget(QLabel("Seed:"), 4, 0)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        g.addWidget(self.seed_spin, 4, 1)
+        self.max_cases_spin = QSpinBox()
+        self.max_cases_spin.setRange(0, 100000)
+        self.max_cases_spin.setSpecialValueText("all cases")
+        self.max_cases_spin.setPrefix("≤ ")
+        self.max_cases_spin.setSuffix(" cases")
+        g.addWidget(self.max_cases_spin, 4, 2)
+        self.max_slices_spin = QSpinBox()
+        self.max_slices_spin.setRange(0, 10000)
+        self.max_slices_spin.setSpecialValueText("all slices")
+        self.max_slices_spin.setPrefix("≤ ")
+        self.max_slices_spin.setSuffix(" slices")
+        g.addWidget(self.max_slices_spin, 4, 3)
+        g.addWidget(QLabel("Output:"), 5, 0)
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("run folder (results.csv, report.html)")
+        self.out_button = QPushButton("Choose…")
+        self.out_button.clicked.connect(self._choose_out)
+        g.addWidget(self.out_edit, 5, 1, 1, 2)
+        g.addWidget(self.out_button, 5, 3)
+        lay.addWidget(box)
+
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setStyleSheet("font-weight: bold;")
+        self.cancel_button = QPushButton("Cancel")
+        self.resume_button = QPushButton("Resume")
+        self.open_run_button = QPushButton("Open run…")
+        self.report_button = QPushButton("Open report")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button.clicked.connect(self.resume)
+        self.open_run_button.clicked.connect(self._choose_run)
+        self.report_button.clicked.connect(self.open_report)
+        for w in (self.run_button, self.cancel_button, self.resume_button, self.open_run_button,
+                  self.report_button):
+            row.addWidget(w)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        lay.addWidget(self.progress)
+        self.log_label = QLabel()
+        self.log_label.setWordWrap(True)
+        lay.addWidget(self.log_label)
+
+        self.tabs = QTabWidget()
+        self.summary_table = self._make_table(_SUMMARY_COLUMNS)
+        self.cases_table = self._make_table(_CASE_COLUMNS)
+        self.cases_table.cellDoubleClicked.connect(self._on_case_double_clicked)
+        self.cases_table.setToolTip("Double-click a row to open the case in the viewer")
+        self.tabs.addTab(self.summary_table, "Summary")
+        self.tabs.addTab(self.cases_table, "Cases")
+        self.figure_tabs: dict[str, QWidget] = {}
+        lay.addWidget(self.tabs, 1)
+        self._update_buttons()
+
+    def _make_table(self, columns) -> QTableWidget:
+        t = QTableWidget(0, len(columns))
+        t.setHorizontalHeaderLabels(columns)
+        t.setSortingEnabled(True)
+        t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        t.setMinimumHeight(160)
+        return t
+
+    def _fill_methods(self) -> None:
+        try:
+            from app.core.methods import available_methods
+
+            names = available_methods()
+        except Exception:  # noqa: BLE001 - the list is a convenience
+            names = ["litemedsam"]
+        from app.core.models.registry import list_models, model_status
+
+        unavailable = {s.name for s in list_models() if model_status(s.name) == "not downloaded"}
+        for name in names:
+            item = QListWidgetItem(name + ("  (needs download)" if name in unavailable else ""))
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name == "litemedsam"
+                               else Qt.CheckState.Unchecked)
+            self.methods_list.addItem(item)
+
+    def _update_buttons(self) -> None:
+        running = self.status == "running"
+        self.run_button.setEnabled(not running and self.suite is not None)
+        self.cancel_button.setEnabled(running)
+        self.resume_button.setEnabled(not running and self.out_dir is not None and
+                                      (self.out_dir / "manifest.json").is_file()
+                                      and self.status != "done")
+        self.report_button.setEnabled(self.out_dir is not None and not running)
+
+    # ======================================================================================
+    # choosing
+    # ======================================================================================
+    def _choose_data(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Dataset folder")
+        if path:
+            self.set_dataset(path)
+
+    def _choose_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Output folder")
+        if path:
+            self.out_edit.setText(path)
+
+    def _choose_run(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a run folder")
+        if path:
+            self.open_run(path)
+
+    def set_dataset(self, path) -> None:
+        """Detect the dataset(s) at ``path`` in the background; shows layout/tasks/skipped."""
+        path = str(path).strip()
+        if not path:
+            return
+        self.data_edit.setText(path)
+        self.data_info.setText("Looking at the folder …")
+
+        def work():
+            try:
+                from app.core.benchmark import discover
+
+                self._signals.discovered.emit(discover(path), None)
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                self._signals.discovered.emit(None, exc)
+
+        threading.Thread(target=work, name="samscope-discover", daemon=True).start()
+
+    def _on_discovered(self, suite, error) -> None:
+        self.suite = suite
+        if error is not None:
+            self.data_info.setText(f"<span style='color:#ff6060'>{error}</span>")
+        else:
+            lines = []
+            for d in suite.datasets:
+                tasks = ", ".join(f"{t.name} ({t.label})" for t in d.tasks) or "no labels"
+                lines.append(f"<b>{d.name}</b>: {d.layout}, {len(d.cases)} cases; tasks: "
+                             f"{tasks}; {len(d.skipped)} file(s) skipped")
+            skipped = [f"{Path(s.path).name}: {s.reason}" for s in suite.skipped[:5]]
+            if skipped:
+                lines.append("Skipped: " + "; ".join(skipped) +
+                             (" …" if len(suite.skipped) > 5 else ""))
+            self.data_info.setText("<br>".join(lines))
+            if not self.out_edit.text():
+                self.out_edit.setText(str(Path(suite.root).resolve().parent /
+                                          f"samscope-run-{Path(suite.root).name}"))
+        self._update_buttons()
+
+    # ======================================================================================
+    # running
+    # ======================================================================================
+    def plan(self, resume: bool = False):
+        """The :class:`~app.core.benchmark.BenchmarkPlan` the controls describe."""
+        from app.core.benchmark import BenchmarkPlan
+
+        methods = [self.methods_list.item(i).data(Qt.ItemDataRole.UserRole)
+                   for i in range(self.methods_list.count())
+                   if self.methods_list.item(i).checkState() == Qt.CheckState.Checked]
+        if not methods:
+            raise ValueError("choose at least one method")
+        protocols = tuple(self.protocol_combo.currentData() or ())
+        selections = None if self.selection_auto.isChecked() else tuple(
+            n for n, c in self.selection_checks.items() if c.isChecked())
+        out = self.out_edit.text().strip()
+        if not out:
+            raise ValueError("choose an output folder")
+        return BenchmarkPlan(
+            data=self.data_edit.text().strip(), out_dir=out, methods=tuple(methods),
+            modes=tuple(i + 1 for i, c in enumerate(self.mode_checks) if c.isChecked()),
+            protocols=protocols, clicks=self.clicks_spin.value() if protocols else None,
+            selections=selections, seed=self.seed_spin.value(), resume=resume,
+            max_cases=self.max_cases_spin.value() or None,
+            max_slices=self.max_slices_spin.value() or None)
+
+    def run(self, resume: bool = False) -> bool:
+        """Start the run the controls describe (in the background)."""
+        if self.status == "running":
+            return False
+        try:
+            plan = self.plan(resume=resume)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self._on_log(f"Cannot start: {exc}")
+            return False
+        self._start(plan)
+        return True
+
+    def resume(self) -> bool:
+        """Continue the run in the output folder from where it stopped."""
+        if self.status == "running" or self.out_dir is None:
+            return False
+        from app.core.benchmark import plan_from_manifest
+
+        try:
+            plan = plan_from_manifest(self.out_dir)
+        except Exception as exc:  # noqa: BLE001
+            self._on_log(f"Cannot resume: {exc}")
+            return False
+        self._start(plan)
+        return True
+
+    def _start(self, plan) -> None:
+        self.out_dir = Path(plan.out_dir)
+        self.out_edit.setText(str(self.out_dir))
+        self._cancel.clear()
+        self.status = "running"
+        self.progress.setValue(0)
+        self._on_log("Starting …")
+        self._update_buttons()
+        _import_model_libraries()
+
+        def on_progress(p):
+            self._signals.progress.emit(p)
+
+        def on_log(msg):
+            self._signals.log.emit(msg)
+
+        def work():
+            try:
+                from app.core.benchmark import iter_benchmark
+
+                for _row in iter_benchmark(plan, on_progress=on_progress, on_log=on_log,
+                                           cancel=self._cancel):
+                    pass
+                status = "cancelled" if self._cancel.is_set() else "done"
+                if status == "done":
+                    self._signals.log.emit("Writing the report and figures …")
+                    from app.core.benchmark import write_report
+
+                    write_report(plan.out_dir)
+                self._signals.finished.emit(status, None)
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                self._signals.finished.emit("failed", exc)
+
+        self._thread = threading.Thread(target=work, name="samscope-benchmark", daemon=True)
+        self._thread.start()
+        self._refresh_timer.start()
+
+    def cancel(self) -> None:
+        """Stop after the prompt group in progress; the folder stays resumable."""
+        if self.status == "running":
+            self._cancel.set()
+            self._on_log("Cancelling after the current image …")
+
+    def _on_progress(self, p) -> None:
+        self.progress.setValue(int(1000 * p.fraction))
+        self.progress.setFormat(f"{p.cases_done}/{p.cases_total} cases · %p%")
+        if p.message:
+            self.log_label.setText(p.message)
+
+    def _on_log(self, msg: str) -> None:
+        self.log_label.setText(msg)
+
+    def _on_finished(self, status: str, error) -> None:
+        self._refresh_timer.stop()
+        self.status = status
+        if error is not None:
+            self._on_log(f"Run failed: {error}")
+        elif status == "cancelled":
+            self._on_log("Cancelled. The run folder is resumable: press Resume to continue.")
+        else:
+            self.progress.setValue(1000)
+            self._on_log(f"Done: {self.out_dir}")
+        self.refresh_results()
+        if status == "done":
+            self.show_figures()
+        self._update_buttons()
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    # ======================================================================================
+    # results
+    # ======================================================================================
+    def open_run(self, path) -> bool:
+        """Show a finished or interrupted run folder (table, figures; Resume if unfinished)."""
+        from app.core.benchmark import read_manifest
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        if not manifest:
+            self._on_log(f"{path}: not a run folder (no manifest.json)")
+            return False
+        self.out_dir = path
+        self.out_edit.setText(str(path))
+        self.status = "done" if manifest.get("status") == "done" else "interrupted"
+        self._on_log(f"Opened {path}: {manifest.get('status', '?')}")
+        self.refresh_results()
+        self.show_figures()
+        self._update_buttons()
+        return True
+
+    def refresh_results(self) -> None:
+        """Reload results.csv into the tables."""
+        if self.out_dir is None or not (self.out_dir / "results.csv").is_file():
+            return
+        from app.core.benchmark import load_results, summarize
+
+        try:
+            df = load_results(self.out_dir)
+        except Exception:  # noqa: BLE001 - a half-written file: try again next tick
+            return
+        self.results = df
+        self.summary = summarize(df) if len(df) else None
+        self._fill_table(self.summary_table, self.summary, _SUMMARY_COLUMNS)
+        self._fill_table(self.cases_table, df, _CASE_COLUMNS, keep_index=True)
+
+    def _fill_table(self, table: QTableWidget, df, columns, keep_index: bool = False) -> None:
+        table.setSortingEnabled(False)
+        table.setRowCount(0)
+        if df is None or not len(df):
+            return
+        cols = [c for c in columns if c in df.columns]
+        table.setColumnCount(len(cols))
+        table.setHorizontalHeaderLabels(cols)
+        table.setRowCount(len(df))
+        for r, (idx, row) in enumerate(df.iterrows()):
+            for c, col in enumerate(cols):
+                v = row[col]
+                if isinstance(v, np.integer):
+                    v = int(v)
+                elif isinstance(v, np.floating):
+                    v = float(v)
+                item = _NumericItem(v)
+                if keep_index and c == 0:
+                    item.setData(Qt.ItemDataRole.UserRole, idx)
+                table.setItem(r, c, item)
+        table.setSortingEnabled(True)
+        table.resizeColumnsToContents()
+
+    def show_figures(self) -> None:
+        """Draw the paper-style figures of the current results, one tab each."""
+        if self.results is None or not len(self.results):
+            return
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+        from app.core.benchmark import figures
+
+        df = self.results
+        methods = sorted(df["method"].unique())
+        makers = [("IoU per mode", lambda: figures.fig_modes(df))]
+        if "paper" in set(df["protocol"]) or "standard" in set(df["protocol"]):
+            proto = "paper" if "paper" in set(df["protocol"]) else "standard"
+            makers.append(("IoU vs clicks", lambda: figures.fig_clicks(df, proto)))
+        size_proto = "mode5" if "mode5" in set(df["protocol"]) else sorted(df["protocol"])[0]
+        makers.append(("Size vs IoU", lambda: figures.fig_size(df, size_proto)))
+        if len(methods) >= 2:
+            makers.append((f"ΔIoU {methods[0]} − {methods[1]}",
+                           lambda: figures.fig_delta(df, methods[0], methods[1])))
+        for name, widget in list(self.figure_tabs.items()):
+            self.tabs.removeTab(self.tabs.indexOf(widget))
+            widget.deleteLater()
+            del self.figure_tabs[name]
+        for name, make in makers:
+            try:
+                fig = make()
+            except Exception as exc:  # noqa: BLE001 - one bad figure must not hide the others
+                self._on_log(f"figure {name!r} not drawn: {exc}")
+                continue
+            if fig is None:
+                continue
+            canvas = FigureCanvasQTAgg(fig)
+            canvas.setMinimumHeight(260)
+            self.figure_tabs[name] = canvas
+            self.tabs.addTab(canvas, name)
+
+    def open_report(self) -> None:
+        """Open report.html in the browser (written first if the run has none yet)."""
+        if self.out_dir is None:
+            return
+        report = self.out_dir / "report.html"
+        if report.is_file():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(report)))
+            return
+        self._on_log("Writing the report …")
+        out = self.out_dir
+
+        def work():
+            try:
+                from app.core.benchmark import write_report
+
+                self._signals.report_ready.emit(write_report(out), None)
+            except Exception as exc:  # noqa: BLE001
+                self._signals.report_ready.emit(None, exc)
+
+        threading.Thread(target=work, name="samscope-report", daemon=True).start()
+
+    def _on_report_ready(self, path, error) -> None:
+        if error is not None:
+            self._on_log(f"Report failed: {error}")
+            return
+        self._on_log(f"Report: {path}")
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    # ======================================================================================
+    # open a case in the viewer
+    # ======================================================================================
+    def _on_case_double_clicked(self, row: int, _col: int) -> None:
+        item = self.cases_table.item(row, 0)
+        if item is None or self.results is None:
+            return
+        self.open_case(self.results.loc[item.data(Qt.ItemDataRole.UserRole)])
+
+    def open_case(self, row) -> list:
+        """Show one results row in the viewer: image, ground truth, prediction, prompts."""
+        from app.core.benchmark import open_case
+
+        try:
+            case = open_case(self.out_dir, row)
+        except Exception as exc:  # noqa: BLE001
+            self._on_log(f"Cannot open the case: {exc}")
+            return []
+        image = case["image"]
+        title = f"{row['case']} · {row['method']} · {row['protocol']}"
+        meta = {CASE_LAYER_KEY: True}
+        layers = []
+        win = image.window
+        kw = {} if image.is_rgb else {"colormap": "gray", "contrast_limits": (win.low, win.high)}
+        layers.append(self.viewer.add_image(image.pixels, name=f"{title}: image",
+                                            rgb=image.is_rgb, metadata=meta, **kw))
+        gt = self.viewer.add_labels(np.asarray(case["gt"], np.uint8), name=f"{title}: truth",
+                                    metadata=meta, opacity=0.8)
+        gt.contour = 2
+        layers.append(gt)
+        if case.get("prediction") is not None:
+            layers.append(self.viewer.add_labels(
+                np.asarray(case["prediction"], np.uint8) * 2, name=f"{title}: prediction",
+                metadata=meta, opacity=0.45))
+        pts = np.asarray(case.get("points") or np.zeros((0, 3)), float).reshape(-1, 3)
+        if len(pts):
+            colours = np.where(pts[:, 2:3] > 0, [[0.1, 0.95, 0.2, 1]], [[1, 0.15, 0.15, 1]])
+            layers.append(self.viewer.add_points(pts[:, [1, 0]], name=f"{title}: clicks",
+                                                 face_color=colours, size=10, metadata=meta))
+        boxes = np.asarray(case.get("boxes") or np.zeros((0, 4)), float).reshape(-1, 4)
+        if len(boxes):
+            from app.core import coords
+
+            rects = [coords.box_xyxy_to_rectangle(b) for b in boxes]
+            layers.append(self.viewer.add_shapes(rects, shape_type="rectangle",
+                                                 edge_color="#ffd000", face_color="transparent",
+                                                 edge_width=2, name=f"{title}: boxes",
+                                                 metadata=meta))
+        self._on_log(f"Opened {title}: IoU {float(row['iou']):.3f}")
+        return layers
+
+
+def _import_model_libraries() -> None:
+    from app.widgets.segment_dock import _import_model_libraries as imp
+
+    imp()
+
