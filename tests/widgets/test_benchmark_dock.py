@@ -1,0 +1,105 @@
+"""The Benchmark dock runs a small real dataset (fetal-head ultrasound pairs from the shared
+data) with the real LiteMedSAM, shows its tables and figures, opens a case in the viewer, and
+leaves a resumable folder when cancelled."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _pairs(shared_data, tmp_path, stems):
+    """An images/ + masks/ dataset of a few real pairs (copied into the test's tmp folder)."""
+    src = shared_data / "png_pairs" / "fetal_head_us"
+    root = tmp_path / "us"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+        for s in stems:
+            shutil.copy(src / sub / f"{s}.png", root / sub / f"{s}.png")
+    return root
+
+
+@pytest.fixture
+def bench(make_napari_viewer):
+    from app.widgets.benchmark_dock import BenchmarkDock
+
+    viewer = make_napari_viewer()
+    dock = BenchmarkDock(viewer)
+    viewer.window.add_dock_widget(dock, name="Benchmark")
+    yield dock
+    dock.cancel()
+
+
+def _plan_controls(dock, modes):
+    for i, c in enumerate(dock.mode_checks):
+        c.setChecked(i + 1 in modes)
+
+
+def test_run_to_the_end_shows_table_figures_and_opens_a_case(bench, qtbot, shared_data,
+                                                             tmp_path):
+    data = _pairs(shared_data, tmp_path, ["006_HC", "033_HC"])
+    bench.set_dataset(data)
+    qtbot.waitUntil(lambda: bench.suite is not None, timeout=30_000)
+    assert "pairs_2d" in bench.data_info.text() and "2 cases" in bench.data_info.text()
+    _plan_controls(bench, {3, 5})
+    bench.out_edit.setText(str(tmp_path / "run"))
+    assert bench.run()
+    qtbot.waitUntil(lambda: not bench.running, timeout=240_000)
+    assert bench.status == "done", bench.log_label.text()
+    df = bench.results
+    assert set(df["protocol"]) == {"mode3", "mode5"} and set(df["case"]) == {"006_HC", "033_HC"}
+    # a tight box on a single-component head: LiteMedSAM's real IoU (0.69 on 006_HC)
+    assert df["iou"].mean() > 0.6
+    assert bench.summary_table.rowCount() == len(bench.summary) >= 2
+    assert bench.cases_table.rowCount() == len(df)
+    assert "IoU per mode" in bench.figure_tabs
+    assert (tmp_path / "run" / "report.html").is_file()
+    # sortable by IoU
+    col = [bench.cases_table.horizontalHeaderItem(c).text()
+           for c in range(bench.cases_table.columnCount())].index("iou")
+    bench.cases_table.sortItems(col)
+    ious = [float(bench.cases_table.item(r, col).text()) for r in range(len(df))]
+    assert ious == sorted(ious)
+    # double-click → image, truth, prediction and the box as layers
+    n_before = len(bench.viewer.layers)
+    bench._on_case_double_clicked(0, 0)
+    names = [layer.name for layer in bench.viewer.layers][n_before:]
+    assert any(n.endswith(": image") for n in names)
+    assert any(n.endswith(": truth") for n in names)
+    assert any(n.endswith(": prediction") for n in names)
+    assert any(n.endswith(": boxes") for n in names)
+
+
+def test_cancel_leaves_a_resumable_folder(bench, qtbot, shared_data, tmp_path):
+    stems = ["006_HC", "033_HC", "060_HC", "088_HC"]
+    src = shared_data / "png_pairs" / "fetal_head_us" / "images"
+    stems = [s for s in stems if (src / f"{s}.png").is_file()] or sorted(
+        p.stem for p in src.glob("*.png"))[:4]
+    data = _pairs(shared_data, tmp_path, stems)
+    bench.set_dataset(data)
+    qtbot.waitUntil(lambda: bench.suite is not None, timeout=30_000)
+    _plan_controls(bench, {5})
+    out = tmp_path / "run"
+    bench.out_edit.setText(str(out))
+    assert bench.run()
+    qtbot.waitUntil(lambda: (out / "results.csv").is_file() and
+                    len((out / "results.csv").read_text().splitlines()) >= 2, timeout=120_000)
+    bench.cancel()
+    qtbot.waitUntil(lambda: not bench.running, timeout=120_000)
+    assert bench.status == "cancelled"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    done_before = (out / "results.csv").read_text().splitlines()
+    assert 2 <= len(done_before) < 1 + len(stems)
+    assert bench.resume_button.isEnabled()
+    assert bench.resume()
+    qtbot.waitUntil(lambda: not bench.running, timeout=240_000)
+    assert bench.status == "done"
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[: len(done_before)] == done_before  # resume changes nothing that was done
+    assert len(lines) == 1 + len(stems)
+    assert set(bench.results["case"]) == set(stems)
