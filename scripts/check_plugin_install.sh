@@ -98,7 +98,7 @@ for cmd in c.commands or []:
     except Exception as exc:  # noqa: BLE001 - report every name that does not resolve
         missing.append(f"{cmd.python_name}: {type(exc).__name__}: {exc}")
 assert not missing, "unresolved python_names:\n  " + "\n  ".join(missing)
-print(f"ok: {mf.name} {mf.package_version} from {mf.manifest_file}: widgets {widgets}, "
+print(f"ok: {mf.name} {mf.package_version} via {eps[0].value}: widgets {widgets}, "
       f"{len(c.readers)} reader(s), {len(c.writers)} writer(s), samples {samples}, "
       f"{len(c.commands)} commands resolve")
 EOF
