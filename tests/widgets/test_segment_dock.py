@@ -42,7 +42,7 @@ def _press(dock, key):
     dock.viewer.window._qt_viewer._key_map_handler.press_key(key)
 
 
-def test_box_candidates_accept_undo_redo(dock, qtbot):
+def test_box_candidates_accept_undo_redo(dock, qtbot, tmp_path):
     _open(dock, qtbot, "ultrasound")
     truth = dock.truth_mask()
     box = coords.mask_to_box_xyxy(truth)
@@ -74,6 +74,12 @@ def test_box_candidates_accept_undo_redo(dock, qtbot):
     np.testing.assert_array_equal(dock.session.labels, after)
     assert len(dock.box_layer.data) == 0
     assert dock.labels_layer.data[accepted].min() == 1  # the layer shows the session's map
+    # accepted labels are autosaved for crash recovery
+    from app.core.session import RecoveryStore
+
+    store = RecoveryStore(tmp_path / "state")
+    qtbot.waitUntil(lambda: store.npz_path.is_file(), timeout=10_000)
+    np.testing.assert_array_equal(store.load(), after)
 
 
 def test_point_only_prompt_to_box_model_gets_a_hint(dock, qtbot):

@@ -1,0 +1,78 @@
+"""The application window, the self-test the packaged app's smoke check calls, and the
+crash-recovery offer on the next start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def test_main_window_has_title_and_both_docks(make_napari_viewer, monkeypatch, tmp_path):
+    monkeypatch.setenv("SAMSCOPE_STATE_DIR", str(tmp_path))
+    from app.widgets.benchmark_dock import BenchmarkDock
+    from app.widgets.main_window import create_main_window
+    from app.widgets.segment_dock import SegmentDock
+
+    win = create_main_window(viewer=make_napari_viewer())
+    try:
+        assert win.viewer.title == "SAMScope"
+        assert isinstance(win.segment_dock, SegmentDock)
+        assert isinstance(win.benchmark_dock, BenchmarkDock)
+    finally:
+        win.segment_dock.engine_thread.shutdown(5)
+
+
+def test_self_test_command_prints_iou_and_saves_screenshot(tmp_path):
+    shot = tmp_path / "window.png"
+    env = dict(os.environ, SAMSCOPE_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.run([sys.executable, "-m", "app", "--self-test", "--screenshot", str(shot)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    result = json.loads(lines[0])
+    assert proc.returncode == 0, result
+    assert result["self_test"] == "ok" and result["iou"] > 0.6 and result["box_fill"] < 0.9
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        w, h = im.size
+        pixels = np.asarray(im.convert("L"))
+    assert w >= 1000 and h >= 600
+    assert pixels.std() > 10  # a real picture of the window, not a blank frame
+
+
+def test_recovery_is_offered_and_restored_after_a_crash(make_napari_viewer, qtbot, monkeypatch,
+                                                        tmp_path):
+    from app.core.io.samples import load_sample
+    from app.core.session import RecoveryStore
+    from app.widgets.segment_dock import SegmentDock
+
+    monkeypatch.setenv("SAMSCOPE_STATE_DIR", str(tmp_path))
+    volume, truth = load_sample("ultrasound")
+    labels = (truth > 0).astype(np.uint16) * 3
+    store = RecoveryStore(tmp_path)
+    store.save(labels, volume.source)
+    meta = json.loads(store.json_path.read_text())
+    meta["pid"] = -1  # written by a process that is gone
+    store.json_path.write_text(json.dumps(meta))
+
+    dock = SegmentDock(make_napari_viewer())
+    try:
+        assert dock.recovery_box.isVisibleTo(dock)
+        assert "006_HC.png" in dock.recovery_label.text()
+        dock.restore_recovery()
+        qtbot.waitUntil(lambda: dock.session is not None and dock.session.labels.any(),
+                        timeout=60_000)
+        np.testing.assert_array_equal(dock.session.labels, labels)
+        assert not dock.recovery_box.isVisibleTo(dock)
+        dock.undo()  # restoring is itself undoable
+        assert not dock.session.labels.any()
+    finally:
+        dock.engine_thread.shutdown(5)
