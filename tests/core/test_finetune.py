@@ -291,3 +291,17 @@ def test_shipped_model_answers_boxes_exactly_like_the_base(fetal, litemedsam):
     # a click together with the box goes to the fine-tuned decoder: three candidates
     both = Prompt(points_xy=[[400, 270]], point_labels=[1], box_xyxy=tight_box(s.mask))
     assert len(model.predict(replace(emb, model_name=model.name), both)) == 3
+
+
+def test_the_time_budget_is_kept(fetal):
+    import time
+
+    budget_s = 30.0
+    t0 = time.perf_counter()
+    cfg = FinetuneConfig(steps=100_000, minutes=budget_s / 60, batch_size=2, seed=2,
+                         val_every=5)
+    res = finetune(fetal[6:7], fetal[7:8], config=cfg, device="cpu", evaluate=False)
+    elapsed = time.perf_counter() - t0
+    assert res.stopped == "time"
+    assert res.manifest["training"]["steps_taken"] > 0
+    assert elapsed < budget_s * 1.2, elapsed
