@@ -1,0 +1,114 @@
+"""Click-to-mask latency in the real SAMScope window, with the slice's embedding cached.
+
+Opens the main window (run under ``xvfb-run -a`` without a display) on the bundled ultrasound
+sample, waits for the model and the embedding, draws a box on the head, then adds N clicks
+inside it one at a time. For each click it measures the time from the point landing on the
+Points layer to the new candidate being on screen (result delivered to the GUI thread, previews
+and the candidate layer updated, one repaint processed). The baseline, in the same run, is the
+bare ``Engine.predict`` for the same prompts on the same cached embedding, without the GUI.
+It also reports the longest gap between ticks of a 10 ms QTimer during the clicks.
+
+    xvfb-run -a python bench/ui_latency.py [--clicks 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clicks", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    os.environ["SAMSCOPE_STATE_DIR"] = tempfile.mkdtemp(prefix="samscope-bench-")
+
+    from qtpy.QtCore import QEventLoop, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from app.cli.gui import _wait
+    from app.core import coords
+    from app.widgets.main_window import create_main_window
+
+    win = create_main_window(show=True)
+    app = QApplication.instance()
+    dock = win.segment_dock
+    win.qt_window.resize(1500, 950)
+    dock.open_sample("ultrasound")
+    _wait(app, lambda: dock.session is not None and dock.truth_mask() is not None, 120, "sample")
+    _wait(app, lambda: dock.engine is not None, 120, "model")
+    truth = dock.truth_mask()
+    box = coords.mask_to_box_xyxy(truth)
+    dock.set_box(box)
+    _wait(app, lambda: dock.candidates is not None, 120, "first candidates (embedding)")
+    _wait(app, lambda: not dock.engine_thread.busy, 120, "idle")
+    assert dock.engine.is_cached(dock.session.image(0))
+    dock.activate_point_mode()
+
+    rng = np.random.default_rng(args.seed)
+    rows, cols = np.nonzero(truth)
+    picks = rng.choice(len(rows), size=args.clicks, replace=False)
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    gui_s, worker_s = [], []
+    for i in picks:
+        n_before = len(dock.latencies_s)
+        t0 = time.perf_counter()
+        dock.add_point(float(rows[i]), float(cols[i]))
+        _wait(app, lambda n=n_before: len(dock.latencies_s) > n, 60, "the mask")
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents)  # the repaint
+        gui_s.append(time.perf_counter() - t0)
+        worker_s.append(dock.latencies_s[-1])
+        t_idle = time.perf_counter() + 0.05
+        _wait(app, lambda t=t_idle: time.perf_counter() > t, 5, "a pause")
+    timer.stop()
+    gaps_ms = np.diff(ticks) * 1000
+
+    # baseline: the bare engine on the same prompts, cached embedding, no GUI
+    from app.core.models.base import Prompt
+
+    emb = dock.session.embed(0)
+    base_s = []
+    pts_xy = coords.rowcol_to_xy(np.column_stack([rows[picks], cols[picks]]).astype(float))
+    for k in range(1, len(picks) + 1):
+        prompt = Prompt(points_xy=pts_xy[:k], point_labels=np.ones(k, np.int32), box_xyxy=box)
+        t0 = time.perf_counter()
+        dock.engine.predict(emb, prompt)
+        base_s.append(time.perf_counter() - t0)
+
+    def pct(v, q):
+        return round(float(np.percentile(np.asarray(v) * 1000, q)), 1)
+
+    out = {
+        "image": "bundled ultrasound 800x540", "model": dock.model_name,
+        "device": getattr(dock.engine.model, "device", "cpu"), "clicks": len(picks),
+        "click_to_mask_ms": {"p50": pct(gui_s, 50), "p95": pct(gui_s, 95)},
+        "request_to_result_ms": {"p50": pct(worker_s, 50), "p95": pct(worker_s, 95)},
+        "bare_engine_predict_ms": {"p50": pct(base_s, 50), "p95": pct(base_s, 95)},
+        "gui_overhead_ratio_p50": round(float(np.median(gui_s) / np.median(base_s)), 2),
+        "event_loop_max_gap_ms": round(float(gaps_ms.max()), 1),
+        "event_loop_p99_gap_ms": round(float(np.percentile(gaps_ms, 99)), 1),
+    }
+    print(f"click-to-mask (GUI, cached embedding): p50 {out['click_to_mask_ms']['p50']} ms, "
+          f"p95 {out['click_to_mask_ms']['p95']} ms over {len(picks)} clicks")
+    print(f"bare Engine.predict, same prompts:     p50 {out['bare_engine_predict_ms']['p50']} ms,"
+          f" p95 {out['bare_engine_predict_ms']['p95']} ms")
+    print(f"GUI / bare (p50): x{out['gui_overhead_ratio_p50']}; event loop: longest gap "
+          f"{out['event_loop_max_gap_ms']} ms (p99 {out['event_loop_p99_gap_ms']} ms)")
+    print(json.dumps(out))
+    win.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
