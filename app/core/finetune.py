@@ -23,7 +23,6 @@ true IoU of each trained output (mean squared error).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import threading
@@ -79,6 +78,9 @@ class TrainingSample:
         ``"<dataset>/<label>"``: validation scores are reported per task.
     source : str
         Image path (and slice), for the manifest.
+    dataset : str
+        The dataset it came from (the split is stratified by it; default: ``task``'s first
+        part).
     """
 
     image: Image2D
@@ -86,9 +88,7 @@ class TrainingSample:
     case: str
     task: str
     source: str = ""
-
-
-_PAIR_SUFFIXES = ("_mask", "_seg", "_segmentation", "_label", "_gt", "_Annotation")
+    dataset: str = ""
 
 
 def _stem(path: Path) -> str:
@@ -99,37 +99,8 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _pairs_samples(root: Path, dataset: str) -> list[TrainingSample]:
-    from app.core.io import read_image, read_labels
-
-    images = {_stem(p): p for p in sorted((root / "images").iterdir()) if p.is_file()}
-    masks: dict[str, Path] = {}
-    for p in sorted((root / "masks").iterdir()):
-        stem = _stem(p)
-        for suf in _PAIR_SUFFIXES:
-            if stem.endswith(suf) and stem[: -len(suf)] in images:
-                stem = stem[: -len(suf)]
-                break
-        masks[stem] = p
-    out = []
-    for stem, img_path in images.items():
-        if stem not in masks:
-            continue
-        vol = read_image(img_path)
-        lab = read_labels(masks[stem], reference=vol)[0]
-        for value in _label_values(lab):
-            out.append(TrainingSample(vol.slice(0), lab == value, case=f"{dataset}/{stem}",
-                                      task=_task(dataset, value, lab), source=str(img_path)))
-    return out
-
-
 def _label_values(lab: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(lab) if v != 0]
-
-
-def _task(dataset: str, value: int, lab: np.ndarray) -> str:
-    # 0/255 and 0/1 masks are one object: name the task after the dataset alone
-    return dataset if len(_label_values(lab)) <= 1 else f"{dataset}/{value}"
 
 
 def volume_samples(image_path: str | os.PathLike, label_path: str | os.PathLike, *,
@@ -167,66 +138,67 @@ def volume_samples(image_path: str | os.PathLike, label_path: str | os.PathLike,
         task = dataset if len(values) <= 1 else f"{dataset}/{value}"
         for z in zs:
             out.append(TrainingSample(vol.slice(z), lab[z] == value, case=case, task=task,
-                                      source=f"{image_path}#z={z}"))
+                                      source=f"{image_path}#z={z}", dataset=dataset))
     return out
 
 
-def _msd_samples(root: Path, max_slices: int | None) -> list[TrainingSample]:
-    meta = json.loads((root / "dataset.json").read_text())
-    out = []
-    for item in meta.get("training", []):
-        img = root / item["image"]
-        lab = root / item["label"]
-        if not img.exists() or not lab.exists():
-            continue
-        out.extend(volume_samples(img, lab, dataset=root.name, max_slices=max_slices))
-    return out
+def load_training_samples(path: str | os.PathLike, *, max_slices_per_volume: int | None = 12,
+                          seed: int = 0) -> list[TrainingSample]:
+    """Read labelled images from a dataset folder, with the benchmark's dataset detection.
 
+    Every layout :func:`app.core.benchmark.datasets.discover` recognises works: MSD, nnU-Net
+    v2 raw, ``images/`` + ``masks/`` pairs (mask suffixes such as ``_mask``/``_seg``
+    accepted), MedSAM ``.npz``, or a folder of those. Volumes give their labelled axial slices
+    (at most ``max_slices_per_volume`` per label, a reproducible subset). Each (dataset, label)
+    is a task: named after the dataset when it has one label, ``dataset/label name`` otherwise.
+    Cases that fail to read are skipped.
 
-def load_training_samples(path: str | os.PathLike, *,
-                          max_slices_per_volume: int | None = 12) -> list[TrainingSample]:
-    """Read labelled images from a folder.
-
-    Layouts: ``images/`` + ``masks/`` pairs matched by file stem (suffixes such as ``_mask``
-    and ``_seg`` accepted), a Medical Segmentation Decathlon folder (``dataset.json`` with
-    ``training``), or a folder of such datasets (searched two levels deep). Volumes give their
-    labelled axial slices.
+    Returns
+    -------
+    list of TrainingSample
+        Ordered by dataset (as discovered), image path and slice: the order does not depend
+        on the file system.
 
     Raises
     ------
     DatasetError
         When the folder is missing or holds no labelled image.
     """
+    from app.core.benchmark.datasets import discover, iter_images
+    from app.core.errors import SamScopeError
+
     root = Path(path)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
-    roots = _dataset_roots(root, depth=2)
-    if not roots:
+    try:
+        suite = discover(root)
+    except DatasetError:
         raise DatasetError(
-            f"{root} holds no dataset: expected images/ + masks/ folders or an MSD "
-            f"dataset.json (directly or in sub-folders)")
+            f"{root} holds no dataset: expected images/ + masks/ folders, an MSD or nnU-Net "
+            f"dataset.json, or .npz files (directly or in sub-folders)") from None
     samples: list[TrainingSample] = []
-    for r in roots:
-        if (r / "dataset.json").is_file():
-            samples.extend(_msd_samples(r, max_slices_per_volume))
-        else:
-            samples.extend(_pairs_samples(r, r.name))
+    for ds in suite.datasets:
+        tasks = ds.tasks
+        names = {t.label: ds.name if len(tasks) == 1 else f"{ds.name}/{t.name}" for t in tasks}
+        for ref in sorted(ds.cases, key=lambda r: str(r.image)):
+            try:
+                images = list(iter_images(ref, [t.label for t in tasks],
+                                          max_slices=max_slices_per_volume, seed=seed))
+            except (SamScopeError, OSError, ValueError):
+                continue  # an unreadable or mismatched pair is skipped, as in the benchmark
+            for im in images:
+                for value, mask in sorted(im.masks.items()):
+                    samples.append(TrainingSample(
+                        im.image, mask, case=f"{ds.name}/{ref.case}", task=names[value],
+                        source=f"{ref.image}" + (f"#z={im.slice_index}" if
+                                                 ref.image.name.endswith((".nii", ".nii.gz",
+                                                                          ".nrrd", ".npz"))
+                                                 else ""),
+                        dataset=ds.name))
     samples = [s for s in samples if s.mask.any()]
     if not samples:
         raise DatasetError(f"{root}: no image with a non-empty mask was found")
     return samples
-
-
-def _dataset_roots(root: Path, depth: int) -> list[Path]:
-    if (root / "dataset.json").is_file() or ((root / "images").is_dir()
-                                              and (root / "masks").is_dir()):
-        return [root]
-    if depth == 0:
-        return []
-    out = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        out.extend(_dataset_roots(sub, depth - 1))
-    return out
 
 
 def split_by_case(samples: Sequence[TrainingSample], val_fraction: float,
@@ -241,7 +213,7 @@ def split_by_case(samples: Sequence[TrainingSample], val_fraction: float,
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}")
     by_ds: dict[str, list[str]] = {}
     for s in samples:
-        cases = by_ds.setdefault(s.task.split("/")[0], [])
+        cases = by_ds.setdefault(s.dataset or s.task.split("/")[0], [])
         if s.case not in cases:
             cases.append(s.case)
     val_cases: set[str] = set()
