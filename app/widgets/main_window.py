@@ -6,7 +6,19 @@ it too. The same two docks reach plain napari users through the plugin manifest.
 
 from __future__ import annotations
 
-__all__ = ["create_main_window", "MainWindow"]
+__all__ = ["create_main_window", "MainWindow", "raise_dock"]
+
+
+def raise_dock(widget) -> None:
+    """Bring the dock holding ``widget`` to the front of its tab group."""
+    from qtpy.QtWidgets import QDockWidget
+
+    w = widget
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parent()
+    if w is not None:
+        w.show()
+        w.raise_()
 
 
 class MainWindow:
@@ -61,9 +73,7 @@ def create_main_window(image_path=None, *, viewer=None, show: bool = True,
         bench = BenchmarkDock(viewer)
         viewer.window.add_dock_widget(bench, name="Benchmark", area="right", tabify=True)
         # tabify brings the new tab to the front; the clinician's dock comes first
-        seg_dw = getattr(seg.parent(), "raise_", None)
-        if seg_dw is not None:
-            seg_dw()
+        raise_dock(seg)
     if image_path:
         seg.open_path(str(image_path))
     return MainWindow(viewer, seg, bench)

@@ -536,7 +536,7 @@ class SegmentDock(QWidget):
             f"{', ' + volume.modality if volume.modality else ''}; spacing {spacing} mm"
             f"{'' if volume.spacing_known else ' (unknown)'}")
         self._z = self.current_slice()
-        self.candidates_widget.clear("Draw a box (or click) on the object to see candidates here.")
+        self._show_no_candidates("Draw a box (or click) on the object to see candidates here.")
         self._refresh_gt_combo()
         self._schedule_prefetch()
         self._update_buttons()

@@ -1,0 +1,117 @@
+"""Regenerate the README's screenshots of the two docks into ``docs/``.
+
+    xvfb-run -a python scripts/screenshots.py [--data ../shared/data/png_pairs/fetal_head_us]
+
+* ``docs/segment_dock.png``: the bundled ultrasound sample, a box on the fetal head, the
+  candidate with its predicted IoU and its IoU/Dice against the ground truth.
+* ``docs/segment_propagate.png``: the bundled 3-slice CT after accepting the liver on the middle
+  slice and propagating it through the volume.
+* ``docs/benchmark_dock.png``: a small real benchmark (LiteMedSAM and the random walker, the five
+  prompt modes, a few cases of the given dataset) with its table and the per-mode figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settle(app, seconds: float = 0.4) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "png_pairs" /
+                                          "fetal_head_us"),
+                    help="an images/+masks/ dataset for the benchmark screenshot")
+    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "docs"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["SAMSCOPE_STATE_DIR"] = tempfile.mkdtemp(prefix="samscope-shots-")
+
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    from app.cli.gui import _wait
+    from app.core import coords
+    from app.core.session import box_from_mask
+    from app.widgets.main_window import create_main_window, raise_dock
+
+    win = create_main_window(show=True)
+    app = QApplication.instance()
+    win.qt_window.resize(1600, 1000)
+    seg, bench, viewer = win.segment_dock, win.benchmark_dock, win.viewer
+
+    # 1. Segment dock: a box and its candidate, scored against the ground truth
+    seg.open_sample("ultrasound")
+    _wait(app, lambda: seg.session is not None and seg.truth_mask() is not None, 120, "sample")
+    _wait(app, lambda: seg.engine is not None, 120, "model")
+    seg.set_box(coords.mask_to_box_xyxy(seg.truth_mask()))
+    _wait(app, lambda: seg.candidates is not None, 120, "candidates")
+    _settle(app)
+    viewer.screenshot(str(out / "segment_dock.png"), canvas_only=False)
+    print("wrote", out / "segment_dock.png")
+
+    # 2. Propagation on the CT sample
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    seg.open_sample("ct")
+    _wait(app, lambda: seg.session is not None and seg.session.volume.n_slices == 3
+          and seg.truth_mask() is not None, 120, "CT sample")
+    gt = np.asarray(viewer.layers[seg.gt_combo.currentText()].data) > 0
+    viewer.dims.set_current_step(0, 1)
+    _wait(app, lambda: seg.current_slice() == 1, 10, "slice 1")
+    seg.set_box(box_from_mask(gt[1]))
+    _wait(app, lambda: seg.candidates is not None, 120, "CT candidates")
+    seg.accept()
+    seg.propagate()
+    _wait(app, lambda: not seg.task_running, 180, "propagation")
+    seg.label_spin.setValue(1)
+    _settle(app)
+    viewer.screenshot(str(out / "segment_propagate.png"), canvas_only=False)
+    print("wrote", out / "segment_propagate.png")
+
+    # 3. Benchmark dock on a few real cases
+    work = Path(tempfile.mkdtemp(prefix="samscope-shots-data-"))
+    src = Path(args.data)
+    stems = sorted(p.stem for p in (src / "images").glob("*.png"))[: args.cases]
+    for sub in ("images", "masks"):
+        (work / "fetal_head_us" / sub).mkdir(parents=True)
+        for s in stems:
+            shutil.copy(src / sub / f"{s}.png", work / "fetal_head_us" / sub / f"{s}.png")
+    raise_dock(bench)
+    bench.set_dataset(work / "fetal_head_us")
+    _wait(app, lambda: bench.suite is not None, 60, "dataset")
+    for i in range(bench.methods_list.count()):
+        item = bench.methods_list.item(i)
+        name = item.data(Qt.ItemDataRole.UserRole)
+        item.setCheckState(Qt.CheckState.Checked if name in ("litemedsam", "random_walker")
+                           else Qt.CheckState.Unchecked)
+    bench.out_edit.setText(str(work / "run"))
+    bench.run()
+    _wait(app, lambda: not bench.running, 900, "the benchmark")
+    if "IoU per mode" in bench.figure_tabs:
+        bench.tabs.setCurrentWidget(bench.figure_tabs["IoU per mode"])
+    _settle(app, 1.0)
+    viewer.screenshot(str(out / "benchmark_dock.png"), canvas_only=False)
+    print("wrote", out / "benchmark_dock.png", f"({bench.status})")
+    win.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
