@@ -705,8 +705,8 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
         Name of the new model (its registry key once saved).
     config : FinetuneConfig
     device : str, optional
-        Default: CUDA, then MPS, then CPU. On CUDA the decoder runs under bf16/fp16 autocast
-        and the batch grows to 16.
+        Default: CUDA, then MPS, then CPU. On CUDA the decoder runs under bf16 autocast (where
+        the GPU supports it) and the batch grows to 16.
     on_progress : callable(FinetuneProgress), optional
         Called from the calling thread after every embedding, every step and validation.
     cancel : threading.Event, optional
@@ -748,7 +748,8 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
     dev = str(model.device)
     amp_dtype = None
     if dev.startswith("cuda"):
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 needs no loss scaling; older GPUs without it train in fp32
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     batch = cfg.batch_size or (16 if dev.startswith("cuda") else 4)
     engine = Engine(model, cache_bytes=1 << 40, n_threads=cfg.threads)
 

@@ -291,6 +291,10 @@ class AdaptDock(QWidget):
         from app.core.models.finetuned import user_models_dir
 
         default = user_models_dir() / (self.name_edit.text().strip() or "my_model")
+        try:
+            default.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the dialog then opens wherever Qt likes
         path = QFileDialog.getExistingDirectory(self, "Save the model in this folder",
                                                 str(default.parent))
         if path:
