@@ -1106,7 +1106,9 @@ class SegmentDock(QWidget):
 
         self._describe_model(name)
         if model_status(name) == "not downloaded" and not download:
-            self._set_status(f"{name} needs a download first (or choose LiteMedSAM, built in).")
+            using = f" Still using {self.model_title}." if self.engine is not None else ""
+            self._set_status(f"{name} needs a download first (or choose LiteMedSAM, built "
+                             f"in).{using}")
             return
         self.engine_thread.cancel_predictions()
         self.engine_thread.cancel_task()

@@ -92,7 +92,7 @@ def test_point_only_prompt_to_box_model_gets_a_hint(dock, qtbot):
     assert "box" in dock.hint.text().lower()
 
 
-def test_propagate_on_ct_volume_is_one_undo_step(dock, qtbot):
+def test_propagate_on_ct_volume_is_one_undo_step_and_exports(dock, qtbot, tmp_path):
     _open(dock, qtbot, "ct")
     vol = dock.session.volume
     assert vol.n_slices == 3
@@ -109,6 +109,15 @@ def test_propagate_on_ct_volume_is_one_undo_step(dock, qtbot):
     for z in (0, 2):
         # measured 0.85 / 0.82 with the propagated box
         assert _iou(dock.session.labels[z] == 1, gt[z]) > 0.7, z
+    # export with the source geometry, read back onto the same grid
+    from app.core.io import read_labels
+
+    labels = dock.session.labels.copy()
+    for name in ("liver.nii.gz", "liver_seg.dcm"):
+        out = dock.export_labels(tmp_path / name)
+        assert out is not None and out.is_file(), dock.status.text()
+        back = read_labels(out, vol)
+        np.testing.assert_array_equal(back > 0, labels > 0)
     dock.undo()
     assert not dock.session.labels[[0, 2]].any() and dock.session.labels[1].any()
 
@@ -144,3 +153,29 @@ def test_click_stream_during_embedding_stays_responsive(dock, qtbot):
     expected = dock.session.predict(0, dock.candidates_prompt).masks[0]
     np.testing.assert_array_equal(dock.selected_mask(), expected)
     assert len(dock.box_layer.data) == 1  # one box per slice: new boxes replaced old ones
+
+
+def test_image_opened_through_napari_reader_is_adopted(dock, qtbot):
+    """File menu / drag and drop go through our npe2 reader; the dock takes the new image."""
+    from app.core.io.samples import sample_path
+
+    layers = dock.viewer.open(str(sample_path("ultrasound")), plugin="samscope")
+    qtbot.waitUntil(lambda: dock.image_layer is layers[0], timeout=10_000)
+    assert dock.session.volume.shape == (1, 540, 800)
+    assert dock.session.volume.source.endswith("006_HC.png")  # the reader's own Volume
+    assert dock.box_layer.mode == "add_rectangle"  # ready to draw
+
+
+def test_model_needing_a_download_offers_it(dock, qtbot):
+    from app.core.models.registry import model_status
+
+    idx = next((i for i in range(dock.model_combo.count())
+                if model_status(dock.model_combo.itemData(i)) == "not downloaded"), None)
+    if idx is None:
+        pytest.skip("every model is on disk here")
+    dock.model_combo.setCurrentIndex(idx)
+    assert dock.download_button.isVisibleTo(dock)
+    assert "MB" in dock.download_button.text()
+    assert "needs a download" in dock.status.text()
+    assert "not downloaded" in dock.model_combo.itemText(idx) or \
+        "needs download" in dock.model_combo.itemText(idx)
