@@ -282,12 +282,21 @@ def smoke_checks(dist_dir: Path = DIST_DIR, data_dir: Path = DEFAULT_DATA) -> di
         t0 = time.perf_counter()
         res = _run([*_display_prefix(), exe, "--self-test", "--screenshot", shot], timeout_s=900)
         report = _last_json_line(res.stdout)
-        checks["self_test"] = {
+        check = {
             "rc": res.returncode, "seconds": round(time.perf_counter() - t0, 1),
             "result": report, "screenshot": str(shot) if shot.is_file() else None,
             "stdout_tail": res.stdout[-1500:], "stderr_tail": res.stderr[-3000:],
-            "status": "pass" if res.returncode == 0 and report is not None else "fail",
         }
+        ok = res.returncode == 0 and report is not None and report.get("self_test") == "ok"
+        # the same self-test unfrozen, in the build environment: the bundle must agree
+        ref = _run([*_display_prefix(), sys.executable, "-m", "app", "--self-test"],
+                   timeout_s=900, cwd=REPO_ROOT, env=dict(os.environ, QT_API="pyside6"))
+        ref_report = _last_json_line(ref.stdout) or {}
+        check["iou_unfrozen"] = ref_report.get("iou")
+        if ok and report.get("iou") is not None and check["iou_unfrozen"] is not None:
+            ok = abs(report["iou"] - check["iou_unfrozen"]) <= 0.01
+        check["status"] = "pass" if ok else "fail"
+        checks["self_test"] = check
     else:
         checks["self_test"] = {"status": "skipped",
                                "reason": "`samscope gui` has no --self-test in this build"}
@@ -339,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.require_self_test and report["checks"]["self_test"]["status"] != "pass":
         failed.append("self_test (required)")
     for name, check in report["checks"].items():
-        extra = {k: check[k] for k in ("iou", "iou_vs_unfrozen", "result", "reason", "seconds")
-                 if k in check}
+        extra = {k: check[k] for k in ("iou", "iou_vs_unfrozen", "iou_unfrozen", "result",
+                                       "reason", "seconds") if k in check}
         _log(f"check {name}: {check['status']} {json.dumps(extra) if extra else ''}")
     report["ok"] = not failed
     DIST_DIR.mkdir(parents=True, exist_ok=True)
