@@ -81,6 +81,21 @@ def test_box_candidates_accept_undo_redo(dock, qtbot, tmp_path):
     qtbot.waitUntil(lambda: store.npz_path.is_file(), timeout=10_000)
     np.testing.assert_array_equal(store.load(), after)
 
+    # refine the accepted object: its box comes back, its logits are fed to the model, and
+    # the next accept replaces label 1 instead of adding a new object
+    dock.label_spin.setValue(1)
+    dock.refine()
+    assert len(dock.box_layer.data) == 1
+    qtbot.waitUntil(lambda: dock.candidates is not None, timeout=60_000)
+    assert dock.candidates_prompt.mask_logits is not None
+    assert dock.accept()
+    refined = dock.session.labels[0] == 1
+    assert set(np.unique(dock.session.labels)) == {0, 1}
+    # measured: 0.599 vs the truth; the same object, not a new one
+    assert _iou(refined, truth) > 0.5 and _iou(refined, accepted) > 0.8
+    dock.undo()
+    np.testing.assert_array_equal(dock.session.labels, after)
+
 
 def test_point_only_prompt_to_box_model_gets_a_hint(dock, qtbot):
     _open(dock, qtbot, "ultrasound")
@@ -90,6 +105,12 @@ def test_point_only_prompt_to_box_model_gets_a_hint(dock, qtbot):
     assert dock.points_layer.features["positive"].tolist() == [True]
     qtbot.waitUntil(lambda: dock.candidates is not None, timeout=60_000)
     assert "box" in dock.hint.text().lower()
+    # background clicks: by the toggle (or Alt/Ctrl-click), red, label 0 in the prompt
+    dock.negative_check.setChecked(True)
+    dock.points_layer.add([[5.0, 5.0]])
+    assert dock.points_layer.features["positive"].tolist() == [True, False]
+    np.testing.assert_allclose(dock.points_layer.face_color[1], [1.0, 0.15, 0.15, 1.0])
+    assert dock.prompt_for_slice(0).point_labels.tolist() == [1, 0]
 
 
 def test_propagate_on_ct_volume_is_one_undo_step_and_exports(dock, qtbot, tmp_path):
