@@ -211,6 +211,20 @@ class SegmentSession:
         self.undo_stack.push(step)
         return step
 
+    def replace_labels(self, new_labels: np.ndarray, description: str = "replace labels"):
+        """Set the whole label map (e.g. restored after a crash); one undoable step."""
+        new_labels = np.asarray(new_labels)
+        if new_labels.shape != self.labels.shape:
+            raise ValueError(f"label map shape {new_labels.shape} does not match {self.labels.shape}")
+        edits = [self._slice_edit(z, new_labels[z].astype(self.labels.dtype), description)
+                 for z in range(self.labels.shape[0])]
+        edits = [e for e in edits if e is not None]
+        if not edits:
+            return None
+        step = CompoundEdit(edits, description)
+        self.undo_stack.push(step)
+        return step
+
     def _slice_edit(self, z: int, new_slice: np.ndarray, description: str) -> LabelEdit | None:
         old = self.labels[z]
         diff = new_slice != old
@@ -304,7 +318,7 @@ def propagate_object(
                 yield PropagationStep(z, None, done, total, "already labelled")
                 z += step
                 continue
-            box = box_from_mask(prev, margin_px)
+            box = box_from_mask(prev, margin_px)  # same box as coords.mask_to_box_xyxy, grown
             cands = session.predict(z, Prompt(box_xyxy=box), multimask=True)
             mask = cands.masks[choose_candidate(cands)]
             area, prev_area = int(mask.sum()), int(prev.sum())
