@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["gui", *argv]
     elif argv == ["--debug"]:
         argv = ["--debug", "gui"]
+    elif os.path.exists(argv[0]) and argv[0] not in parser._subparsers._group_actions[0].choices:
+        argv = ["gui", *argv]  # `samscope scan.nii.gz` opens the scan in the app
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args([*argv, "gui"])

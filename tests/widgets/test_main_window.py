@@ -76,3 +76,17 @@ def test_recovery_is_offered_and_restored_after_a_crash(make_napari_viewer, qtbo
         assert not dock.session.labels.any()
     finally:
         dock.engine_thread.shutdown(5)
+
+
+def test_samscope_with_a_path_opens_it_in_the_app(monkeypatch):
+    import app.cli.gui as gui
+    from app.cli import main
+    from app.core.io.samples import sample_path
+
+    seen = {}
+    monkeypatch.setattr(gui, "run", lambda args: seen.setdefault("image", args.image) and 0)
+    path = str(sample_path("ultrasound"))
+    assert main([path]) == 0
+    assert seen["image"] == path
+    seen.clear()
+    assert main(["gui", path]) == 0 and seen["image"] == path
