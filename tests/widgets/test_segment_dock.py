@@ -118,6 +118,19 @@ def test_propagate_on_ct_volume_is_one_undo_step_and_exports(dock, qtbot, tmp_pa
     vol = dock.session.volume
     assert vol.n_slices == 3
     gt = np.asarray(dock.viewer.layers[dock.gt_combo.currentText()].data) > 0
+    # neighbouring slices are embedded in the background, with progress
+    qtbot.waitUntil(lambda: dock.engine.stats.cache_entries >= 3, timeout=60_000)
+    assert "embeddings ready" in dock.task_progress.format()
+    # a prompt on slice 0, then a slice change before its result: the result is dropped
+    dock.viewer.dims.set_current_step(0, 0)
+    qtbot.waitUntil(lambda: dock.current_slice() == 0, timeout=5_000)
+    dock.set_box(box_from_mask(gt[0]))
+    qtbot.wait(1)
+    dock.viewer.dims.set_current_step(0, 1)
+    qtbot.waitUntil(lambda: not dock.engine_thread.busy, timeout=60_000)
+    qtbot.wait(50)
+    assert dock.candidates is None
+    dock.clear_prompts()
     dock.viewer.dims.set_current_step(0, 1)
     qtbot.waitUntil(lambda: dock.current_slice() == 1, timeout=5_000)
     dock.set_box(box_from_mask(gt[1]))
