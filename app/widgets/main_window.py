@@ -74,6 +74,15 @@ def create_main_window(image_path=None, *, viewer=None, show: bool = True,
         viewer.window.add_dock_widget(bench, name="Benchmark", area="right", tabify=True)
         # tabify brings the new tab to the front; the clinician's dock comes first
         raise_dock(seg)
+    try:  # the Adapt dock (fine-tuning) joins the same tab group when it is installed
+        from app.widgets.adapt_dock import AdaptDock
+    except ModuleNotFoundError as exc:
+        if exc.name != "app.widgets.adapt_dock":
+            raise
+    else:
+        adapt = AdaptDock(viewer)
+        viewer.window.add_dock_widget(adapt, name="Adapt", area="right", tabify=True)
+        raise_dock(seg)
     if image_path:
         seg.open_path(str(image_path))
     return MainWindow(viewer, seg, bench)

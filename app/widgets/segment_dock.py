@@ -104,6 +104,14 @@ class _Signals(QObject):
     autosaved = Signal(str)
 
 
+class _RefreshingComboBox(QComboBox):
+    about_to_show = Signal()
+
+    def showPopup(self):  # noqa: N802 - Qt override
+        self.about_to_show.emit()
+        super().showPopup()
+
+
 class SegmentDock(QWidget):
     """Segment a scan by prompting a SAM-family model.
 
@@ -242,7 +250,9 @@ class SegmentDock(QWidget):
         # model
         box = QGroupBox("2. Model")
         g = QGridLayout(box)
-        self.model_combo = QComboBox()
+        self.model_combo = _RefreshingComboBox()
+        # models saved meanwhile (e.g. by the Adapt dock) appear when the list opens
+        self.model_combo.about_to_show.connect(self._populate_models)
         self.model_combo.currentIndexChanged.connect(self._on_model_chosen)
         g.addWidget(self.model_combo, 0, 0, 1, 2)
         self.model_info = QLabel()
@@ -1068,12 +1078,15 @@ class SegmentDock(QWidget):
     def _populate_models(self) -> None:
         from app.core.models.registry import list_models, model_status
 
+        current = self.model_name or self.model_combo.currentData()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for spec in list_models():
             status = model_status(spec.name)
             mark = "✓ " + status if status != "not downloaded" else "needs download"
             self.model_combo.addItem(f"{spec.title} — {mark}", spec.name)
+        idx = self.model_combo.findData(current) if current else -1
+        self.model_combo.setCurrentIndex(max(idx, 0))
         self.model_combo.blockSignals(False)
 
     def _on_model_chosen(self, index: int) -> None:
