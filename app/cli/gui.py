@@ -32,6 +32,8 @@ def register(subparsers) -> None:
         description="Open the SAMScope window: napari with the Segment and Benchmark docks.")
     p.add_argument("image", nargs="?", help="image to open (DICOM file/folder, NIfTI, NRRD, "
                    "PNG/JPEG/TIFF/BMP)")
+    p.add_argument("--sample", choices=("ultrasound", "ct"),
+                   help="open a bundled sample scan (with its ground truth) instead of IMAGE")
     p.add_argument("--self-test", action="store_true",
                    help="segment the bundled ultrasound sample end to end, print one JSON line "
                    "with the IoU against its ground truth, and exit")
@@ -52,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
     from app.widgets.main_window import create_main_window
 
-    create_main_window(args.image)
+    if args.sample and args.image:
+        raise ValueError("give either IMAGE or --sample, not both")
+    window = create_main_window(args.image)
+    if args.sample:
+        window.segment_dock.open_sample(args.sample)
     napari.run()
     return 0
 

@@ -62,8 +62,8 @@ def discovered_manifest():
 def test_discovered_contributions_are_complete(discovered_manifest):
     c = discovered_manifest.contributions
     assert discovered_manifest.display_name == "SAMScope"
-    assert sorted(w.display_name for w in c.widgets) == ["Benchmark", "Segment"]
-    assert {w.command for w in c.widgets} == {"samscope.segment_dock", "samscope.benchmark_dock"}
+    assert sorted(w.display_name for w in c.widgets) == ["Adapt", "Benchmark", "Segment"]
+    assert {w.command for w in c.widgets} == {"samscope.segment_dock", "samscope.benchmark_dock", "samscope.adapt_dock"}
 
     (reader,) = c.readers
     assert reader.accepts_directories  # DICOM series come as folders
