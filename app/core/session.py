@@ -204,12 +204,7 @@ class SegmentSession:
             where = mask if overwrite_other_labels else mask & ((new == 0) | (new == label))
             new[where] = label
             edits.append(self._slice_edit(int(z), new, description))
-        edits = [e for e in edits if e is not None]
-        if not edits:
-            return None
-        step = CompoundEdit(edits, description)
-        self.undo_stack.push(step)
-        return step
+        return self._push_edits(edits, description)
 
     def replace_labels(self, new_labels: np.ndarray, description: str = "replace labels"):
         """Set the whole label map (e.g. restored after a crash); one undoable step."""
@@ -218,6 +213,10 @@ class SegmentSession:
             raise ValueError(f"label map shape {new_labels.shape} does not match {self.labels.shape}")
         edits = [self._slice_edit(z, new_labels[z].astype(self.labels.dtype), description)
                  for z in range(self.labels.shape[0])]
+        return self._push_edits(edits, description)
+
+    def _push_edits(self, edits: list, description: str):
+        """Push the non-empty slice edits as one undoable step (None when nothing changed)."""
         edits = [e for e in edits if e is not None]
         if not edits:
             return None

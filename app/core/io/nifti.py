@@ -24,6 +24,7 @@ from app.core.io._geometry import (
     ras_ijk_to_lps_zyx,
     zyx_to_ijk,
 )
+from app.core.io._validate import check_label_values
 
 __all__ = [
     "read_nifti",
@@ -195,13 +196,7 @@ def read_nifti_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
     img = _load_nifti(path)
     data = _load_data(img, path, scaled=False)
     data, _, _ = _select_volume(data, path, None)
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all():
-            raise ReadError(f"{path}: the label map holds NaN or infinite values")
-        if not np.array_equal(data, np.round(data)):
-            raise ReadError(f"{path}: the label map holds non-integer values")
-    if data.size and data.min() < 0:
-        raise ReadError(f"{path}: the label map holds negative values (min {data.min()})")
+    check_label_values(data, path, "label map")
     hi = int(data.max(initial=0))
     if hi > 65535:
         raise ReadError(f"{path}: label values up to {hi} do not fit 16 bits")

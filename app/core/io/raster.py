@@ -16,6 +16,7 @@ import numpy as np
 
 from app.core.errors import ReadError, WriteError
 from app.core.image import Volume, Window
+from app.core.io._validate import check_label_values
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -168,13 +169,7 @@ def read_raster_labels(path: str | os.PathLike[str]) -> np.ndarray:
                 arr = rank[inverse.ravel()].reshape(arr.shape[:2])
         else:
             raise ReadError(f"{path}: expected a 2D mask, got shape {arr.shape}")
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise ReadError(f"{path}: the mask holds NaN or infinite values")
-        if not np.array_equal(arr, np.round(arr)):
-            raise ReadError(f"{path}: the mask holds non-integer values")
-    if arr.size and arr.min() < 0:
-        raise ReadError(f"{path}: the mask holds negative values (min {arr.min()})")
+    check_label_values(arr, path, "mask")
     values = np.unique(arr)
     if values.size <= 2 and values.max(initial=0) == 255:
         arr = arr > 0
