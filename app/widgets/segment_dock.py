@@ -772,7 +772,8 @@ class SegmentDock(QWidget):
         if caps is not None and not caps.points and prompt.has_points and not prompt.has_box:
             self.hint.setText(
                 f"{self.model_title} is trained on boxes: points alone give (almost) empty "
-                "masks. Draw a box around the object; points then refine it.")
+                "masks. Draw a box around the object (points then refine it), or pick "
+                "'LiteMedSAM (points)', fine-tuned for clicks, in the model list.")
         else:
             self.hint.setText("")
         if self.engine is None:
