@@ -19,7 +19,6 @@ validation cases are written into the manifest and the model card):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -43,11 +42,9 @@ LICENCES = {
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    from app.core.models.checkpoints import sha256_file
+
+    return sha256_file(path)
 
 
 def collect(data: Path, max_slices: int):

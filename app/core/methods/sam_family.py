@@ -6,7 +6,6 @@ reused by every mode, click, selection and task that shares the image.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -14,17 +13,13 @@ from typing import Any
 from app.core.image import Image2D
 from app.core.methods.base import InteractiveMethod
 from app.core.models.base import Candidates, Capabilities, Embedding, Prompt
+from app.core.models.checkpoints import sha256_file
 
 __all__ = ["SamFamilyMethod", "file_sha256"]
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file (for the run manifest)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+#: SHA-256 hex digest of a file (for the run manifest); the checkpoint module's, re-exported
+file_sha256 = sha256_file
 
 
 class SamFamilyMethod(InteractiveMethod):
