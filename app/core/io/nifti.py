@@ -213,6 +213,33 @@ def label_dtype(max_value: int) -> np.dtype:
     raise WriteError(f"label values up to {max_value} do not fit 16 bits")
 
 
+def _nifti_on_grid(data: np.ndarray, reference: Volume):
+    """A Nifti1Image of ``data`` (i, j, k order) on ``reference``'s grid.
+
+    A NIfTI source's qform/sform and their codes are copied bit for bit (with its space/time
+    units); any other source gets the affine of its LPS geometry as qform and sform, code 1.
+    """
+    import nibabel as nib
+
+    src_hdr = reference.meta.get("nifti_header")
+    if src_hdr is not None and tuple(src_hdr.get_data_shape()[:3]) == data.shape[:3]:
+        img = nib.Nifti1Image(data, None)
+        qform, qcode = src_hdr.get_qform(coded=True)
+        sform, scode = src_hdr.get_sform(coded=True)
+        img.set_qform(qform, code=int(qcode) if qform is not None else 0)
+        img.set_sform(sform, code=int(scode) if sform is not None else 0)
+        if qform is None and sform is None:
+            img.set_sform(np.asarray(reference.meta["nifti_affine"], float), code=1)
+        img.header.set_xyzt_units(*src_hdr.get_xyzt_units())
+    else:
+        affine = lps_zyx_to_ras_ijk(reference.affine_lps)
+        img = nib.Nifti1Image(data, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        img.header.set_xyzt_units("mm")
+    return img
+
+
 def write_nifti_labels(tmp_path: Path, labels: np.ndarray, reference: Volume) -> None:
     """Write a ``(Z, Y, X)`` label map on ``reference``'s grid to ``tmp_path`` (.nii or .nii.gz).
 
@@ -225,29 +252,7 @@ def write_nifti_labels(tmp_path: Path, labels: np.ndarray, reference: Volume) ->
     labels = np.asarray(labels)
     dtype = label_dtype(int(labels.max(initial=0)))
     data = np.asarray(zyx_to_ijk(labels.astype(dtype, copy=False)))
-    src_hdr = reference.meta.get("nifti_header")
-    if src_hdr is not None and tuple(src_hdr.get_data_shape()[:3]) == data.shape:
-        hdr = nib.Nifti1Header()
-        img = nib.Nifti1Image(data, None, header=hdr)
-        qform, qcode = src_hdr.get_qform(coded=True)
-        sform, scode = src_hdr.get_sform(coded=True)
-        if qform is not None:
-            img.set_qform(qform, code=int(qcode))
-        else:
-            img.set_qform(None, code=0)
-        if sform is not None:
-            img.set_sform(sform, code=int(scode))
-        else:
-            img.set_sform(None, code=0)
-        if qform is None and sform is None:
-            img.set_sform(np.asarray(reference.meta["nifti_affine"], float), code=1)
-        img.header.set_xyzt_units(*src_hdr.get_xyzt_units())
-    else:
-        affine = lps_zyx_to_ras_ijk(reference.affine_lps)
-        img = nib.Nifti1Image(data, affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        img.header.set_xyzt_units("mm")
+    img = _nifti_on_grid(data, reference)
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["descrip"] = b"SAMScope label map"
@@ -377,20 +382,7 @@ def write_nifti_image(tmp_path: Path, volume: Volume) -> None:
     elif pixels.dtype == np.bool_:
         pixels = pixels.astype(np.uint8)
     data = np.asarray(zyx_to_ijk(pixels))
-    src_hdr = volume.meta.get("nifti_header")
-    if src_hdr is not None and tuple(src_hdr.get_data_shape()[:3]) == data.shape[:3]:
-        img = nib.Nifti1Image(data, None)
-        qform, qcode = src_hdr.get_qform(coded=True)
-        sform, scode = src_hdr.get_sform(coded=True)
-        img.set_qform(qform, code=int(qcode) if qform is not None else 0)
-        img.set_sform(sform, code=int(scode) if sform is not None else 0)
-        if qform is None and sform is None:
-            img.set_sform(np.asarray(volume.meta["nifti_affine"], float), code=1)
-    else:
-        affine = lps_zyx_to_ras_ijk(volume.affine_lps)
-        img = nib.Nifti1Image(data, affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
+    img = _nifti_on_grid(data, volume)
     img.header.set_xyzt_units("mm")
     if volume.window is not None and not volume.is_rgb:
         img.header["cal_min"], img.header["cal_max"] = volume.window.low, volume.window.high
