@@ -14,6 +14,9 @@ __all__ = [
     "CheckpointMissingError",
     "CheckpointRefusedError",
     "DatasetError",
+    "RunFolderError",
+    "RunFolderBusyError",
+    "InputValueError",
 ]
 
 
@@ -47,3 +50,15 @@ class CheckpointRefusedError(CheckpointError):
 
 class DatasetError(SamScopeError, ValueError):
     """A dataset folder could not be understood."""
+
+
+class RunFolderError(DatasetError):
+    """A benchmark run folder cannot be continued as asked (other options, damaged, ...)."""
+
+
+class RunFolderBusyError(RunFolderError):
+    """Another process is writing to the run folder (its OS lock is held)."""
+
+
+class InputValueError(SamScopeError, ValueError):
+    """A value given by the user or read from a table is out of range (NaN, <= 0, text, ...)."""

@@ -3,15 +3,17 @@
 A run folder ``OUT`` holds:
 
 * ``results.csv`` -- one row per dataset x task x case x method x protocol x repeat x selection
-  x click, columns :data:`COLUMNS`. Rows of one prompt group (a mode, or one iterative run) are
-  written with a single ``write`` + flush, so an interrupted run leaves whole groups; a partial
-  last line (killed mid-write) is cut off when the run is resumed.
-* ``results.parquet`` -- the same table, written when a run ends (and by :func:`load_results`
-  callers who want it).
+  x click, columns :data:`COLUMNS`. The rows of one prompt group (a mode with all its
+  selections, or one iterative run) are appended in one write + fsync after the group's masks
+  are on disk, and carry the group's id, its row count and the plan's digest, so a resume can
+  tell whole groups from cut-off ones and redoes the latter (see :class:`ResultsStore`).
+* ``results.parquet`` -- the same table, written when a run ends, before the manifest says
+  ``complete``.
 * ``manifest.json`` -- versions, checkpoint hashes, seed and options, start/end times, status
   (``running``/``complete``/``interrupted``), embedding statistics.
 * ``skipped.csv`` -- files that could not be used and why.
 * ``masks/`` -- predicted masks (PNG 0/255) for the example panels.
+* ``run.lock`` -- held (an OS lock) by the one process writing the folder.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from app.core.errors import DatasetError
+from app.core.errors import DatasetError, RunFolderError, WriteError
+from app.core.io._atomic import append_durable, describe_os_error, write_bytes_atomic
 
 __all__ = [
     "COLUMNS",
@@ -43,9 +46,10 @@ COLUMNS = (
     "selection", "iou", "dice", "hd95_mm", "nsd", "nsd_tolerance_mm", "size_fraction",
     "points", "boxes", "candidate", "score", "n_calls", "seconds", "prepare_seconds",
     "prompt_supported", "note", "height", "width", "spacing_mm", "image_path", "label_path",
-    "mask_file",
+    "mask_file", "group", "group_rows", "plan_digest",
 )
-#: Columns identifying one prompt group (a mode, or one iterative run with one selection).
+_HEADER = (",".join(COLUMNS) + "\n").encode("utf-8")
+#: Columns identifying one results cell (a mode, or one iterative run with one selection).
 GROUP_KEY = ("dataset", "task", "case", "method", "protocol", "repeat", "selection")
 
 
@@ -56,88 +60,208 @@ def _fmt(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
-    return str(value)
+    # one physical line per row: resume relies on it
+    return str(value).replace("\r", " ").replace("\n", " ")
 
 
 class ResultsStore:
-    """Append-only writer of ``results.csv`` with resume support.
+    """Append-only, group-committed writer of ``results.csv`` with a checked resume.
+
+    Every row carries its prompt group's id (``group``), the number of rows that group has
+    (``group_rows``) and the plan's digest (``plan_digest``). A group's rows are appended in one
+    write and fsync'd after its mask files are on disk, so a group is *complete* when the table
+    holds exactly ``group_rows`` rows with its id, no (selection, click) twice, and every mask
+    file it names exists and is a whole PNG. On resume anything else (a cut-off line, a group
+    cut short by a full disk, a doubled group, a missing or empty mask) is dropped by
+    :meth:`repair` and redone by the runner.
 
     Parameters
     ----------
     out_dir : path
     resume : bool
-        Keep existing rows and report their groups as done; without it an existing
-        ``results.csv`` is an error (nothing is overwritten).
+        Keep existing complete groups and report them as done; without it a ``results.csv``
+        with rows is an error (nothing is overwritten). A header-only table (a failed start)
+        never blocks a new run.
+    check_masks : bool
+        Verify the mask files of existing groups (on resume).
+
+    Raises
+    ------
+    DatasetError
+        ``results.csv`` has rows and ``resume`` is False, is not UTF-8, or has other columns.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, *, resume: bool = False) -> None:
+    def __init__(self, out_dir: str | os.PathLike, *, resume: bool = False,
+                 check_masks: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "results.csv"
-        self.done: set[tuple[str, ...]] = set()
+        self.done: set[str] = set()
         self.rows_existing = 0
-        if self.path.exists() and self.path.stat().st_size > 0:
+        #: plan digests found in the complete groups
+        self.digests: set[str] = set()
+        #: (group id, reason) of the groups dropped on resume
+        self.dropped: list[tuple[str, str]] = []
+        self._kept_lines: list[bytes] = []
+        self._needs_repair = False
+        self._check_masks = check_masks
+        lines = self._read_lines() if self.path.exists() else None
+        if lines:
             if not resume:
                 raise DatasetError(
                     f"{self.path} already exists: pass --resume to continue that run, "
                     "or choose another output folder"
                 )
-            self._load_done()
+            self._load(lines)
         else:
-            with self.path.open("w", newline="", encoding="utf-8") as fh:
-                fh.write(",".join(COLUMNS) + "\n")
-
-    def _load_done(self) -> None:
-        raw = self.path.read_bytes()
-        if not raw.endswith(b"\n"):
-            # killed in the middle of a write: the last line is incomplete, cut it off
-            cut = raw.rfind(b"\n") + 1
-            with self.path.open("r+b") as fh:
-                fh.truncate(cut)
-            raw = raw[:cut]
-        reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise DatasetError(
-                f"{self.path}: columns differ from this version's ({reader.fieldnames}); "
-                "resume with the version that wrote it, or start a new folder"
-            )
-        for row in reader:
-            self.done.add(tuple(row[k] for k in GROUP_KEY))
-            self.rows_existing += 1
+            # absent, empty or header-only (a start that failed before any row): start afresh
+            write_bytes_atomic(self.path, _HEADER)
 
     @staticmethod
-    def key(**values: Any) -> tuple[str, ...]:
-        """The group key of a row, as strings (as read back from the CSV)."""
-        return tuple(_fmt(values[k]) for k in GROUP_KEY)
+    def columns() -> tuple[str, ...]:
+        return COLUMNS
 
-    def is_done(self, **values: Any) -> bool:
-        return self.key(**values) in self.done
+    # --- reading --------------------------------------------------------------------------
+    def _read_lines(self) -> list[bytes]:
+        """The data lines of the table (the header checked and removed); [] when none."""
+        raw = self.path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise DatasetError(
+                f"{self.path}: not UTF-8 text (byte {exc.start}, line {line}): not a results "
+                "table written by samscope; move it away or choose another output folder"
+            ) from None
+        if not raw.strip():
+            return []
+        lines = raw.split(b"\n")
+        header = lines[0].rstrip(b"\r").decode("utf-8")
+        if tuple(header.split(",")) != COLUMNS:
+            raise DatasetError(
+                f"{self.path}: columns differ from this version's ({header[:80]}...); "
+                "resume with the version that wrote it, or start a new folder"
+            )
+        if lines[-1] == b"":
+            lines.pop()
+        else:
+            # killed in the middle of a write: the last line is incomplete
+            self._needs_repair = True
+            self.dropped.append(("", "a cut-off last line"))
+            lines.pop()
+        return lines[1:]
+
+    def _load(self, lines: list[bytes]) -> None:
+        groups: dict[str, list[tuple[int, dict[str, str]]]] = {}
+        for i, line in enumerate(lines):
+            fields_ = next(csv.reader([line.decode("utf-8")]), [])
+            if len(fields_) != len(COLUMNS):
+                self._needs_repair = True
+                self.dropped.append(("", f"line {i + 2}: {len(fields_)} fields"))
+                continue
+            row = dict(zip(COLUMNS, fields_, strict=True))
+            groups.setdefault(row["group"], []).append((i, row))
+        keep: list[int] = []
+        for gid, members in groups.items():
+            reason = self._incomplete(gid, [r for _, r in members])
+            if reason:
+                self._needs_repair = True
+                self.dropped.append((gid, reason))
+                continue
+            self.done.add(gid)
+            self.digests.add(members[0][1]["plan_digest"])
+            keep.extend(i for i, _ in members)
+        keep.sort()
+        self._kept_lines = [lines[i] for i in keep]
+        self.rows_existing = len(keep)
+
+    def _incomplete(self, gid: str, rows: list[dict[str, str]]) -> str:
+        """Why the group's rows are not a whole group ('' when they are)."""
+        first = rows[0]
+        where = f"{first['case']} {first['method']} {first['protocol']} r{first['repeat']}"
+        if not gid:
+            return f"{where}: rows without a group id"
+        declared = {r["group_rows"] for r in rows}
+        if len(declared) != 1 or not first["group_rows"].isdigit():
+            return f"{where}: inconsistent group_rows {sorted(declared)}"
+        if len({r["plan_digest"] for r in rows}) != 1:
+            return f"{where}: rows of different plans in one group"
+        n = int(first["group_rows"])
+        if len(rows) < n:
+            return f"{where}: {len(rows)} of {n} rows"
+        if len(rows) > n or len({(r["selection"], r["click"]) for r in rows}) != len(rows):
+            return f"{where}: rows doubled ({len(rows)} for {n})"
+        if self._check_masks:
+            for r in rows:
+                if r["mask_file"] and not _png_ok(self.out_dir / r["mask_file"]):
+                    return f"{where}: mask file {r['mask_file']} missing or damaged"
+        return ""
+
+    def repair(self) -> int:
+        """Rewrite ``results.csv`` with only the complete groups (atomically); rows dropped."""
+        if not self._needs_repair:
+            return 0
+        write_bytes_atomic(self.path, _HEADER + b"".join(ln + b"\n" for ln in self._kept_lines))
+        self._needs_repair = False
+        return sum(1 for _ in self.dropped)
+
+    # --- writing --------------------------------------------------------------------------
+    def is_done(self, group: str) -> bool:
+        return group in self.done
 
     def write_group(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Append the rows of one prompt group in one write, then flush to disk."""
+        """Append the rows of one prompt group (same ``group``) in one write, then fsync.
+
+        Sets each row's ``group_rows``. Raises :class:`~app.core.errors.WriteError` naming
+        ``results.csv`` (disk full, ...); the group then counts as not done.
+        """
         rows = list(rows)
         if not rows:
             return
+        if self._needs_repair:
+            self.repair()
+        gids = {row["group"] for row in rows}
+        if len(gids) != 1:
+            raise ValueError(f"write_group: rows of several groups {sorted(gids)}")
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         for row in rows:
+            row["group_rows"] = len(rows)
             w.writerow([_fmt(row.get(c)) for c in COLUMNS])
-        with self.path.open("a", newline="", encoding="utf-8") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        for row in rows:
-            self.done.add(self.key(**row))
+        append_durable(self.path, buf.getvalue().encode("utf-8"))
+        self.done.update(gids)
 
     def write_parquet(self) -> Path | None:
-        """Write ``results.parquet`` from the CSV (None when pyarrow is missing)."""
+        """Write ``results.parquet`` from the CSV, atomically (None when pyarrow is missing)."""
         df = load_results(self.out_dir)
         target = self.out_dir / "results.parquet"
+        tmp = self.out_dir / ".results.parquet.tmp"
         try:
-            df.to_parquet(target, index=False)
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, target)
         except ImportError:
             return None
+        except OSError as exc:
+            raise WriteError(describe_os_error(target, exc)) from exc
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         return target
+
+
+def _png_ok(path: Path) -> bool:
+    """A whole PNG file: the signature at the start and the IEND chunk at the end."""
+    try:
+        size = path.stat().st_size
+        if size < 8 + 12:
+            return False
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            fh.seek(size - 12)
+            tail = fh.read(12)
+    except OSError:
+        return False
+    return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
 
 
 def load_results(out_dir: str | os.PathLike):
@@ -153,9 +277,16 @@ def load_results(out_dir: str | os.PathLike):
     path = Path(out_dir) / "results.csv"
     if not path.is_file():
         raise DatasetError(f"{out_dir}: no results.csv (not a benchmark run folder)")
-    df = pd.read_csv(path, dtype={"case": str, "task": str, "dataset": str, "method": str,
-                                  "note": str, "mask_file": str, "spacing_mm": str},
-                     keep_default_na=False, na_values=["nan", ""])
+    try:
+        df = pd.read_csv(path, dtype={"case": str, "task": str, "dataset": str, "method": str,
+                                      "note": str, "mask_file": str, "spacing_mm": str,
+                                      "group": str, "plan_digest": str},
+                         keep_default_na=False, na_values=["nan", ""])
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}): not a results table "
+                           "written by samscope") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DatasetError(f"{path}: not a results table ({str(exc).strip()[:120]})") from None
     if "prompt_supported" in df:
         df["prompt_supported"] = df["prompt_supported"].astype(str).str.lower() == "true"
     for col in ("note", "mask_file", "spacing_mm", "points", "boxes"):
@@ -165,20 +296,36 @@ def load_results(out_dir: str | os.PathLike):
 
 
 def write_manifest(out_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically."""
+    """Write ``manifest.json`` atomically (checked: a full disk names the manifest)."""
     path = Path(out_dir) / "manifest.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """``manifest.json`` of a run folder ({} when absent)."""
+    """``manifest.json`` of a run folder ({} when absent).
+
+    Raises
+    ------
+    RunFolderError
+        The file exists but is not a JSON object (the message names it and where it broke).
+    """
     path = Path(out_dir) / "manifest.json"
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RunFolderError(f"{path}: damaged (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(
+            f"{path}: damaged ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except OSError as exc:
+        raise RunFolderError(f"{path}: could not be read ({exc.strerror})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: damaged (not a JSON object)")
+    return data
 
 
 def open_case(out_dir: str | os.PathLike, row: Any) -> dict[str, Any]:

@@ -19,9 +19,12 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.benchmark._lock import RunLock
 from app.core.benchmark.datasets import (
     ImageSample,
     Skipped,
@@ -44,7 +48,8 @@ from app.core.benchmark.datasets import (
     natural_key,
 )
 from app.core.benchmark.results import ResultsStore, read_manifest, write_manifest
-from app.core.errors import DatasetError
+from app.core.errors import DatasetError, InputValueError, RunFolderError, WriteError
+from app.core.io._atomic import write_bytes_atomic
 from app.core.metrics import dice, hd95, iou, nsd, size_fraction
 from app.core.models.base import Candidates, Prompt, PromptNotSupportedError
 from app.core.prompts import (
@@ -61,6 +66,7 @@ __all__ = [
     "BenchmarkPlan",
     "Progress",
     "iter_benchmark",
+    "group_id",
     "plan_from_manifest",
     "run_benchmark",
     "select_candidate",
@@ -112,6 +118,9 @@ class BenchmarkPlan:
     nsd_tolerance_mm : float
     save_masks : bool
         Keep predicted masks (PNG) for example panels.
+    rebuild_manifest : bool
+        Resume a folder whose ``manifest.json`` is missing or damaged: allowed only when every
+        row's ``plan_digest`` equals this plan's, and the manifest is then written anew.
     method_options : dict
         ``{method_name: {option: value}}`` passed to the method's constructor.
     prebuilt_methods : dict
@@ -137,6 +146,7 @@ class BenchmarkPlan:
     device: str | None = None
     nsd_tolerance_mm: float = 2.0
     save_masks: bool = True
+    rebuild_manifest: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     prebuilt_methods: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -158,13 +168,26 @@ class BenchmarkPlan:
             raise ValueError("nothing to run: give prompt modes and/or a click protocol")
         if self.clicks is not None and self.clicks < 1:
             raise ValueError(f"clicks must be >= 1, got {self.clicks}")
-        if self.repeats < 1 or self.jitter < 0:
-            raise ValueError("repeats must be >= 1 and jitter >= 0")
+        if self.repeats < 1:
+            raise InputValueError(f"repeats must be >= 1, got {self.repeats}")
+        if not (math.isfinite(self.jitter) and self.jitter >= 0):
+            raise InputValueError(f"jitter must be a finite number >= 0, got {self.jitter}")
+        if not (math.isfinite(self.target_iou) and 0 < self.target_iou <= 1):
+            raise InputValueError(f"target IoU must be in (0, 1], got {self.target_iou}")
+        if not (math.isfinite(self.nsd_tolerance_mm) and self.nsd_tolerance_mm > 0):
+            raise InputValueError(
+                f"NSD tolerance must be a finite number of mm > 0, got {self.nsd_tolerance_mm}"
+            )
+        for name in ("max_cases", "max_slices"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise InputValueError(f"{name} must be >= 1, got {v}")
 
     def options(self) -> dict[str, Any]:
         """The options that define the results (recorded in, and checked against, the manifest)."""
         # not asdict(): it would deep-copy prebuilt methods (models, engines)
-        skip = ("out_dir", "resume", "prebuilt_methods", "device", "save_masks")
+        skip = ("out_dir", "resume", "prebuilt_methods", "device", "save_masks",
+                "rebuild_manifest")
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["data"] = str(Path(self.data).resolve())
         d["modes"] = list(self.modes)
@@ -173,6 +196,11 @@ class BenchmarkPlan:
         d["selections"] = None if self.selections is None else list(self.selections)
         d["datasets"] = None if self.datasets is None else list(self.datasets)
         return json.loads(json.dumps(d, default=str))
+
+    def digest(self) -> str:
+        """16 hex digits identifying :meth:`options`; every results row carries it."""
+        text = json.dumps(self.options(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def n_clicks(self, protocol: str) -> int:
         if self.clicks is not None:
@@ -268,6 +296,7 @@ class _Run:
         self.on_log = on_log
         self.rows_written = 0
         self.skipped: list[Skipped] = []
+        self.digest = plan.digest()
 
     def log(self, msg: str) -> None:
         log.info(msg)
@@ -298,9 +327,13 @@ class _Run:
 
     # --- rows -----------------------------------------------------------------------------
     def base_row(self, sample: ImageSample, label: int, task: str, method_name: str,
-                 protocol: str, repeat: int, prepare_s: float) -> dict[str, Any]:
+                 protocol: str, repeat: int, prepare_s: float,
+                 selection: str | None = None) -> dict[str, Any]:
         h, w = sample.image.shape
         return {
+            "group": group_id(sample.ref.dataset, task, sample.case_id, method_name, protocol,
+                              repeat, selection if not protocol.startswith("mode") else None),
+            "plan_digest": self.digest,
             "dataset": sample.ref.dataset, "task": task, "label": label, "case": sample.case_id,
             "slice": sample.slice_index, "method": method_name, "protocol": protocol,
             "repeat": repeat, "nsd_tolerance_mm": self.plan.nsd_tolerance_mm
@@ -323,9 +356,28 @@ class _Run:
             row["method"]) / f"{safe}_{row['protocol']}_r{row['repeat']}_c{row['click']}_"
         rel = rel.with_name(rel.name + f"{row['selection']}.png")
         path = self.out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            from app.core.io._atomic import describe_os_error
+
+            raise WriteError(describe_os_error(path.parent, exc)) from exc
+        ok, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
+        if not ok:
+            raise WriteError(f"{path}: the PNG encoder failed for a {mask.shape} mask")
+        write_bytes_atomic(path, png.tobytes())
         return rel.as_posix()
+
+
+def group_id(dataset: str, task: str, case: str, method: str, protocol: str, repeat: int,
+             selection: str | None) -> str:
+    """Id of one prompt group (the unit written, and resumed, whole).
+
+    A mode's group holds all its selections (``selection`` None); an iterative run's group is
+    one selection's clicks.
+    """
+    key = json.dumps([dataset, task, case, method, protocol, int(repeat), selection])
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
 
 
 def _union_candidates(parts: list[Candidates]) -> tuple[np.ndarray, np.ndarray]:
@@ -341,7 +393,7 @@ def _refused_row(run: _Run, method: Any, sample: ImageSample, label: int, task: 
                  protocol: str, repeat: int, selection: str, prepare_s: float,
                  exc: Exception, points: list, boxes: list, click: int) -> dict[str, Any]:
     """A row saying the method refused the prompt: no metrics, the reason in ``note``."""
-    row = run.base_row(sample, label, task, method.name, protocol, repeat, prepare_s)
+    row = run.base_row(sample, label, task, method.name, protocol, repeat, prepare_s, selection)
     row.update(click=click, selection=selection, iou=None, dice=None, hd95_mm=None, nsd=None,
                candidate=None, score=None, points=json.dumps(points), boxes=json.dumps(boxes),
                n_calls=0, seconds=0.0, prompt_supported=False,
@@ -372,7 +424,8 @@ def _run_mode(run: _Run, method: Any, state: Any, sample: ImageSample, label: in
     rows = []
     for sel in selections:
         k = select_candidate(masks, scores, gt, sel, ious)
-        row = run.base_row(sample, label, task, method.name, f"mode{mode}", repeat, prepare_s)
+        row = run.base_row(sample, label, task, method.name, f"mode{mode}", repeat, prepare_s,
+                           sel)
         row.update(metrics.of(k, masks[k]))
         row.update(
             click=0, selection=sel, candidate=k,
@@ -423,7 +476,8 @@ def _run_clicks(run: _Run, method: Any, state: Any, sample: ImageSample, label: 
         k = select_candidate(cands.masks, cands.scores, gt, selection, ious)
         pred = cands.masks[k]
         logits = cands.low_res_logits[k]
-        row = run.base_row(sample, label, task, method.name, protocol, repeat, prepare_s)
+        row = run.base_row(sample, label, task, method.name, protocol, repeat, prepare_s,
+                           selection)
         row.update(metrics.of(k, pred))
         row.update(
             click=click, selection=selection, candidate=k,
@@ -441,17 +495,48 @@ def _run_clicks(run: _Run, method: Any, state: Any, sample: ImageSample, label: 
     return metrics_rows
 
 
-def _check_manifest(out: Path, plan: BenchmarkPlan) -> dict[str, Any]:
-    old = read_manifest(out)
-    if not old:
-        return {}
-    if old.get("options") != plan.options():
-        diff = sorted(k for k in set(old.get("options", {})) | set(plan.options())
-                      if old.get("options", {}).get(k) != plan.options().get(k))
-        raise DatasetError(
-            f"{out}: this run folder was made with other options ({', '.join(diff)}); "
-            "resume with the same options or choose another output folder"
+def _check_resume(out: Path, plan: BenchmarkPlan, store: ResultsStore) -> dict[str, Any]:
+    """The old manifest of a folder being resumed, after checking it fits ``plan``.
+
+    Raises
+    ------
+    RunFolderError
+        The options differ (named), or the manifest is missing or damaged while the folder
+        holds rows (unless ``plan.rebuild_manifest`` and the rows carry this plan's digest),
+        or the rows were made by another plan.
+    """
+    digest = plan.digest()
+    try:
+        old = read_manifest(out)
+        damaged = ""
+    except RunFolderError as exc:
+        old, damaged = {}, str(exc)
+    if old:
+        opts, now = old.get("options", {}), plan.options()
+        if opts != now:
+            diff = sorted(k for k in set(opts) | set(now) if opts.get(k) != now.get(k))
+            detail = "; ".join(f"{k}: {opts.get(k)!r} in the folder, {now.get(k)!r} now"
+                               for k in diff[:4])
+            raise RunFolderError(
+                f"{out}: this run folder was made with other options ({', '.join(diff)}: "
+                f"{detail}); resume with the same options or choose another output folder"
+            )
+    other = sorted(store.digests - {digest})
+    if other:
+        raise RunFolderError(
+            f"{out / 'results.csv'}: its rows were made with other options (plan digest "
+            f"{', '.join(other)}; these options give {digest}); resume with the options of "
+            "that run or choose another output folder"
         )
+    if not old and store.rows_existing:
+        what = damaged or f"{out / 'manifest.json'}: missing"
+        if not plan.rebuild_manifest:
+            raise RunFolderError(
+                f"{what}, so the options of the {store.rows_existing} rows in "
+                f"{out / 'results.csv'} cannot be checked; pass --rebuild-manifest to rebuild "
+                "it from the rows (allowed only when they carry these options' digest "
+                f"{digest}), or choose another output folder"
+            )
     return old
 
 
@@ -475,23 +560,64 @@ def iter_benchmark(
         When set, the run stops after the prompt group in progress; the folder is left
         resumable and the manifest says ``interrupted``.
 
+    Raises
+    ------
+    RunFolderBusyError
+        Another process is writing to ``plan.out_dir``.
+    RunFolderError
+        Resume refused (other options, missing or damaged manifest); see :func:`_check_resume`.
+    WriteError
+        A write failed (disk full, permission), naming the file; the folder stays resumable.
+
     Notes
     -----
     The generator writes ``results.csv`` itself; consuming it is what drives the run. Closing
-    it early (``break``, Ctrl-C) also leaves a resumable folder.
+    it early (``break``, Ctrl-C) also leaves a resumable folder. The run folder is locked
+    (``run.lock``) from the first ``next()`` until the generator ends.
     """
     plan.validate()
     run = _Run(plan, on_log)
     out = run.out
-    out.mkdir(parents=True, exist_ok=True)
-    old = _check_manifest(out, plan) if plan.resume else {}
-    store = ResultsStore(out, resume=plan.resume)
-    if store.rows_existing:
-        run.log(f"resuming: {store.rows_existing} rows already in {store.path}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from app.core.io._atomic import describe_os_error
+
+        raise WriteError(describe_os_error(out, exc)) from exc
+    lock = RunLock(out).acquire()
+    try:
+        yield from _locked_run(run, lock, on_progress, cancel)
+    finally:
+        lock.release()
+
+
+def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None] | None,
+                cancel: threading.Event | None) -> Iterator[dict[str, Any]]:
+    plan, out = run.plan, run.out
+    results_csv = out / "results.csv"
+    if not plan.resume and results_csv.is_file() and results_csv.stat().st_size > len(
+            ",".join(ResultsStore.columns()) + "\n"):
+        # refuse before loading models; ResultsStore checks it again, exactly
+        ResultsStore(out, resume=False)
     suite: Suite = discover(plan.data)
     datasets = [d for d in suite.datasets if plan.datasets is None or d.name in plan.datasets]
     if not datasets:
         raise DatasetError(f"{plan.data}: none of the datasets {list(plan.datasets or [])} found")
+    # a bad method name or a missing checkpoint fails here, before any file is written
+    methods = run.make_methods()
+    store = ResultsStore(out, resume=plan.resume, check_masks=True)
+    old = _check_resume(out, plan, store) if plan.resume else {}
+    if store.dropped:
+        for _gid, why in store.dropped[:10]:
+            run.log(f"redoing an incomplete prompt group ({why})")
+        if len(store.dropped) > 10:
+            run.log(f"... and {len(store.dropped) - 10} more incomplete groups")
+    store.repair()
+    if store.rows_existing:
+        run.log(f"resuming: {store.rows_existing} rows of {len(store.done)} complete prompt "
+                f"groups already in {store.path}")
+    if plan.resume and not old and store.rows_existing:
+        run.log(f"rebuilding {out / 'manifest.json'} from the rows (plan digest {run.digest})")
     run.skipped.extend(s for d in datasets for s in d.skipped)
     cases = []
     for d in datasets:
@@ -503,10 +629,10 @@ def iter_benchmark(
         run.log(f"dataset {d.name} ({d.layout}): {len(d.cases)} cases, tasks "
                 f"{', '.join(t.name for t in d.tasks)}; {len(d.skipped)} files skipped")
 
-    methods = run.make_methods()
     manifest = {
         "samscope_run": 1,
         "options": plan.options(),
+        "plan_digest": run.digest,
         "versions": _versions(),
         "methods": {n: m.describe() for n, m in methods.items()},
         "datasets": [{"name": d.name, "layout": d.layout, "root": str(d.root),
@@ -514,9 +640,12 @@ def iter_benchmark(
                      for d in datasets],
         "started": old.get("started", _dt.datetime.now().isoformat(timespec="seconds")),
         "resumed": [*old.get("resumed", []), _dt.datetime.now().isoformat(timespec="seconds")]
-        if old else [],
+        if old or store.rows_existing else [],
         "status": "running",
+        "pid": os.getpid(),
     }
+    if plan.resume and not old and store.rows_existing:
+        manifest["rebuilt_from_rows"] = True
     write_manifest(out, manifest)
 
     images_done = 0
@@ -524,6 +653,7 @@ def iter_benchmark(
     t_start = time.perf_counter()
     prepare_count = {n: 0 for n in methods}
     predict_calls = {n: 0 for n in methods}
+    skipped_images: set[str] = set()
 
     def progress(done: int, msg: str, within: float = 0.0) -> None:
         if on_progress is not None:
@@ -533,6 +663,7 @@ def iter_benchmark(
     def cancelled() -> bool:
         return cancel is not None and cancel.is_set()
 
+    error: BaseException | None = None
     try:
         progress(0, "starting")
         for ci, (ds, ref) in enumerate(cases):
@@ -543,6 +674,7 @@ def iter_benchmark(
                 loaded = load_case(ref)
                 samples = list(iter_images(ref, list(tasks), max_slices=plan.max_slices,
                                            seed=plan.seed, loaded=loaded))
+                _report_undeclared_labels(run, ref, loaded[1], tasks)
             except Exception as exc:  # noqa: BLE001 - an unreadable case is skipped, listed
                 run.skipped.append(Skipped(str(ref.image), f"{type(exc).__name__}: {exc}"))
                 run.log(f"skipped {ref.image}: {exc}")
@@ -551,25 +683,32 @@ def iter_benchmark(
             for si, sample in enumerate(samples):
                 if cancelled():
                     break
+                h, w = sample.image.shape
+                if h < 2 or w < 2:
+                    if sample.case_id not in skipped_images:
+                        skipped_images.add(sample.case_id)
+                        why = f"degenerate image {h}x{w} (needs at least 2x2 pixels)"
+                        run.skipped.append(Skipped(str(ref.image), why))
+                        run.log(f"skipped {ref.image}: {why}")
+                    continue
                 for name, method in methods.items():
                     if cancelled():
                         break
                     sels = run.selections_for(method)
                     groups = []
                     for label in sample.masks:
+                        task = tasks[label]
                         for rep in range(plan.repeats):
                             for mode in plan.modes:
-                                keyv = dict(dataset=ref.dataset, task=tasks[label],
-                                            case=sample.case_id, method=name,
-                                            protocol=f"mode{mode}", repeat=rep)
-                                if not all(store.is_done(**keyv, selection=s) for s in sels):
+                                gid = group_id(ref.dataset, task, sample.case_id, name,
+                                               f"mode{mode}", rep, None)
+                                if not store.is_done(gid):
                                     groups.append(("mode", label, rep, mode, None))
                             for proto in plan.protocols:
                                 for s in sels:
-                                    if not store.is_done(dataset=ref.dataset, task=tasks[label],
-                                                         case=sample.case_id, method=name,
-                                                         protocol=proto, repeat=rep,
-                                                         selection=s):
+                                    gid = group_id(ref.dataset, task, sample.case_id, name,
+                                                   proto, rep, s)
+                                    if not store.is_done(gid):
                                         groups.append(("clicks", label, rep, proto, s))
                     if not groups:
                         continue
@@ -595,6 +734,9 @@ def iter_benchmark(
                 progress(ci, f"{ref.dataset} {sample.case_id}", (si + 1) / len(samples))
             progress(ci + 1, f"{ref.dataset} {ref.case} done")
         status = "interrupted" if cancelled() else "complete"
+    except BaseException as exc:  # GeneratorExit too: the folder is left resumable
+        error = exc
+        raise
     finally:
         elapsed = time.perf_counter() - t_start
         stats = {}
@@ -609,33 +751,63 @@ def iter_benchmark(
                 f"cache), {predict_calls[n]} prompt calls on them "
                 f"({predict_calls[n] / max(prepare_count[n], 1):.1f} per embedding)"
             )
-        _write_skipped(out, run.skipped)
-        manifest.update(status=status, finished=_dt.datetime.now().isoformat(timespec="seconds"),
+        manifest.update(finished=_dt.datetime.now().isoformat(timespec="seconds"),
                         seconds=round(elapsed, 3), rows_written_this_run=run.rows_written,
                         embedding_stats=stats, skipped=len(run.skipped))
-        write_manifest(out, manifest)
-        if status == "complete":
-            store.write_parquet()
-        run.log(f"{status}: {run.rows_written} rows written in {elapsed:.1f} s -> {store.path}")
+        if error is not None and not isinstance(error, GeneratorExit | KeyboardInterrupt):
+            manifest["error"] = str(error)
+        try:
+            _write_skipped(out, run.skipped)
+            if status == "complete":
+                store.write_parquet()  # before the manifest may say complete
+            manifest["status"] = status
+            write_manifest(out, manifest)
+        except (WriteError, OSError) as exc:
+            if error is None:
+                # the results are whole, but the run is not finished: say so, then fail
+                with contextlib.suppress(OSError):
+                    manifest.update(status="interrupted", error=str(exc))
+                    write_manifest(out, manifest)
+                raise
+            run.log(f"also failed while closing the run: {exc}")
+        run.log(f"{manifest['status']}: {run.rows_written} rows written in {elapsed:.1f} s "
+                f"-> {store.path}")
+
+
+def _report_undeclared_labels(run: _Run, ref: Any, labels: np.ndarray,
+                              tasks: dict[int, str]) -> None:
+    """Log (and list in skipped.csv) label values of a mask that the dataset does not declare."""
+    present = {int(v) for v in np.unique(labels) if v != 0}
+    extra = sorted(present - set(tasks))
+    if extra:
+        why = (f"label values {extra} in {ref.label or ref.image} are not among the dataset's "
+               f"labels {sorted(tasks)}: not evaluated")
+        run.skipped.append(Skipped(str(ref.label or ref.image), why))
+        run.log(why)
 
 
 def _write_skipped(out: Path, skipped: list[Skipped]) -> None:
     import csv
+    import io
 
     seen = set()
     path = out / "skipped.csv"
     rows = []
     if path.is_file():
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = [(r["path"], r["reason"]) for r in csv.DictReader(fh)]
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                rows = [(r["path"], r["reason"]) for r in csv.DictReader(fh)]
+        except (UnicodeDecodeError, KeyError, csv.Error):
+            rows = []  # a damaged list of skipped files is rebuilt from this run's
     rows += [(s.path, s.reason) for s in skipped]
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "reason"])
-        for r in rows:
-            if r not in seen:
-                seen.add(r)
-                w.writerow(r)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "reason"])
+    for r in rows:
+        if r not in seen:
+            seen.add(r)
+            w.writerow(r)
+    write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
 
 
 def plan_from_manifest(out_dir: str | os.PathLike, **changes: Any) -> BenchmarkPlan:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from app.core.errors import WriteError
 
-__all__ = ["atomic_output", "check_output_path", "full_suffix"]
+__all__ = [
+    "append_durable",
+    "atomic_output",
+    "check_output_path",
+    "describe_os_error",
+    "full_suffix",
+    "write_bytes_atomic",
+]
 
 
 def full_suffix(path: str | os.PathLike[str]) -> str:
@@ -102,12 +109,97 @@ def atomic_output(
                         f"{out}: already exists (overwrite=True or --overwrite replaces it)"
                     ) from None
                 os.replace(tmp, out)
-    except PermissionError as exc:
-        raise WriteError(f"{out}: permission denied ({exc.strerror})") from exc
     except OSError as exc:
         if isinstance(exc, WriteError):
             raise
-        raise WriteError(f"{out}: could not be written ({exc})") from exc
+        # the OS names the temporary file; the user only knows the target
+        raise WriteError(describe_os_error(out, exc)) from exc
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+# --- checked byte-level writes (the benchmark's results, masks and manifest) ----------------
+
+#: the one place bytes reach the disk in :func:`write_bytes_atomic` and :func:`append_durable`
+#: (a test replaces it to simulate a full disk part-way through a write)
+_os_write = os.write
+
+
+def describe_os_error(target: str | os.PathLike[str], exc: OSError) -> str:
+    """One line naming ``target`` (never a temporary name) and what the OS said."""
+    import errno
+
+    why = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return f"{target}: disk full, could not be written ({why})"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{target}: not writable ({why})"
+    return f"{target}: could not be written ({why})"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = _os_write(fd, view)
+        if n <= 0:  # pragma: no cover - os.write raises rather than returning 0
+            raise OSError(28, "No space left on device")
+        view = view[n:]
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    """Replace ``path`` with ``data`` atomically: temp file beside it, fsync, rename.
+
+    Raises
+    ------
+    WriteError
+        Naming ``path`` (disk full, permission denied, ...); nothing is left at ``path`` that
+        was not there before, and no temporary file stays behind.
+    """
+    out = Path(path)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(describe_os_error(out, exc)) from exc
+    return out
+
+
+def append_durable(path: str | os.PathLike[str], data: bytes) -> None:
+    """Append ``data`` to ``path`` in one write and fsync it.
+
+    On failure the file is cut back to its previous length (best effort: when even that fails,
+    a reader that checks its records, such as the benchmark's resume, drops the partial tail).
+
+    Raises
+    ------
+    WriteError
+        Naming ``path``.
+    """
+    out = Path(path)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise WriteError(describe_os_error(out, exc)) from exc
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise WriteError(describe_os_error(out, exc)) from exc
+    finally:
+        os.close(fd)
