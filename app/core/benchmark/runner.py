@@ -522,14 +522,15 @@ def _check_resume(out: Path, plan: BenchmarkPlan, store: ResultsStore) -> dict[s
                 f"{detail}); resume with the same options or choose another output folder"
             )
     other = sorted(store.digests - {digest})
-    if other:
-        raise RunFolderError(
-            f"{out / 'results.csv'}: its rows were made with other options (plan digest "
-            f"{', '.join(other)}; these options give {digest}); resume with the options of "
-            "that run or choose another output folder"
-        )
+    rows_made = (f"its rows were made with other options (plan digest {', '.join(other)}; "
+                 f"these options give {digest}): resume with the options of that run or "
+                 "choose another output folder")
+    if old and other:
+        raise RunFolderError(f"{out / 'results.csv'}: {rows_made}")
     if not old and store.rows_existing:
         what = damaged or f"{out / 'manifest.json'}: missing"
+        if other:
+            raise RunFolderError(f"{what}, and {rows_made}")
         if not plan.rebuild_manifest:
             raise RunFolderError(
                 f"{what}, so the options of the {store.rows_existing} rows in "
