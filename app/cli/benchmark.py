@@ -36,6 +36,38 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _finite(low: float | None = None, high: float | None = None, *, low_open: bool = True):
+    """argparse type: a finite float in (low, high] (NaN, inf and text refused)."""
+
+    def parse(text: str) -> float:
+        import math
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>' if low_open else '>='} {low:g}, got {text!r}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
 def _str_list(text: str) -> list[str]:
     if text.strip().lower() in ("", "none"):
         return []
@@ -65,26 +97,32 @@ def register(subparsers) -> None:
     p.add_argument("--protocol", type=_str_list, default=[],
                    help="iterative clicking: paper, standard, or both comma-separated "
                    "(default: none)")
-    p.add_argument("--clicks", type=int, default=None,
+    p.add_argument("--clicks", type=_positive_int, default=None,
                    help="clicks per iterative run (default: 5 paper, 20 standard)")
-    p.add_argument("--target-iou", type=float, default=0.9,
-                   help="standard protocol stops at this IoU (default 0.9)")
+    p.add_argument("--target-iou", type=_finite(0.0, 1.0), default=0.9,
+                   help="standard protocol stops at this IoU, in (0, 1] (default 0.9)")
     p.add_argument("--selection", type=_str_list, default=None,
                    help="first, best_score, oracle (comma-separated; default: first,oracle "
                    "for models with meaningful multimask outputs, else first)")
     p.add_argument("--seed", type=int, default=0, help="seed for tie-breaks and jitter (0)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out, skipping finished work")
-    p.add_argument("--jitter", type=float, default=0.0,
+                   help="continue the run in --out, skipping finished prompt groups (the "
+                   "options must be the same; incomplete groups are redone)")
+    p.add_argument("--rebuild-manifest", action="store_true",
+                   help="with --resume: rebuild a missing or damaged manifest.json from the "
+                   "rows, allowed only when they carry these options' digest")
+    p.add_argument("--jitter", type=_finite(0.0, low_open=False), default=0.0,
                    help="prompt noise, sd as a fraction of object size (default 0)")
-    p.add_argument("--repeats", type=int, default=1, help="jitter repetitions (default 1)")
-    p.add_argument("--max-cases", type=int, default=None, help="first N cases per dataset")
-    p.add_argument("--max-slices", type=int, default=None,
+    p.add_argument("--repeats", type=_positive_int, default=1,
+                   help="jitter repetitions (default 1)")
+    p.add_argument("--max-cases", type=_positive_int, default=None,
+                   help="first N cases per dataset")
+    p.add_argument("--max-slices", type=_positive_int, default=None,
                    help="per 3D case and task, a reproducible subset of N non-empty slices")
     p.add_argument("--datasets", type=_str_list, default=None,
                    help="only these datasets of a suite (comma-separated names)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
-    p.add_argument("--nsd-tolerance-mm", type=float, default=2.0,
+    p.add_argument("--nsd-tolerance-mm", type=_finite(0.0), default=2.0,
                    help="normalised surface Dice tolerance (default 2 mm)")
     p.add_argument("--no-report", action="store_true", help="skip summary, figures and HTML")
     p.add_argument("--no-masks", action="store_true", help="do not keep predicted masks")
@@ -155,6 +193,12 @@ def run(args: argparse.Namespace) -> int:
         return _list(args.path)
     if not args.out:
         raise ValueError("--out DIR is required (the run folder)")
+    from pathlib import Path
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"{args.out}: --out is an existing file; a run folder is needed")
+    if args.rebuild_manifest and not args.resume:
+        raise ValueError("--rebuild-manifest only applies with --resume")
     from app.core.benchmark.report import write_report
     from app.core.benchmark.runner import BenchmarkPlan, iter_benchmark
 
@@ -164,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         selections=args.selection, seed=args.seed, resume=args.resume, jitter=args.jitter,
         repeats=args.repeats, max_cases=args.max_cases, max_slices=args.max_slices,
         datasets=args.datasets, device=args.device, nsd_tolerance_mm=args.nsd_tolerance_mm,
-        save_masks=not args.no_masks,
+        save_masks=not args.no_masks, rebuild_manifest=args.rebuild_manifest,
     )
     plan.validate()
     cancel = threading.Event()
