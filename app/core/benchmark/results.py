@@ -46,7 +46,7 @@ COLUMNS = (
     "selection", "iou", "dice", "hd95_mm", "nsd", "nsd_tolerance_mm", "size_fraction",
     "points", "boxes", "candidate", "score", "n_calls", "seconds", "prepare_seconds",
     "prompt_supported", "note", "height", "width", "spacing_mm", "image_path", "label_path",
-    "mask_file", "group", "group_rows", "plan_digest",
+    "mask_file", "group", "group_rows", "plan_digest", "row_crc",
 )
 _HEADER = (",".join(COLUMNS) + "\n").encode("utf-8")
 #: Columns identifying one results cell (a mode, or one iterative run with one selection).
@@ -68,7 +68,8 @@ class ResultsStore:
     """Append-only, group-committed writer of ``results.csv`` with a checked resume.
 
     Every row carries its prompt group's id (``group``), the number of rows that group has
-    (``group_rows``) and the plan's digest (``plan_digest``). A group's rows are appended in one
+    (``group_rows``), the plan's digest (``plan_digest``) and a CRC-32 of its other fields
+    but the timings (``row_crc``). A group's rows are appended in one
     write and fsync'd after its mask files are on disk, so a group is *complete* when the table
     holds exactly ``group_rows`` rows with its id, no (selection, click) twice, and every mask
     file it names exists and is a whole PNG. On resume anything else (a cut-off line, a group
@@ -160,6 +161,8 @@ class ResultsStore:
                 self.dropped.append(("", f"line {i + 2}: {len(fields_)} fields"))
                 continue
             row = dict(zip(COLUMNS, fields_, strict=True))
+            if _crc(fields_[:-1]) != row["row_crc"]:
+                row["group_rows"] = "damaged"  # fails its group's check below
             groups.setdefault(row["group"], []).append((i, row))
         keep: list[int] = []
         for gid, members in groups.items():
@@ -182,6 +185,8 @@ class ResultsStore:
         if not gid:
             return f"{where}: rows without a group id"
         declared = {r["group_rows"] for r in rows}
+        if "damaged" in declared:
+            return f"{where}: a row whose check sum does not match (edited or damaged)"
         if len(declared) != 1 or not first["group_rows"].isdigit():
             return f"{where}: inconsistent group_rows {sorted(declared)}"
         if len({r["plan_digest"] for r in rows}) != 1:
@@ -227,7 +232,9 @@ class ResultsStore:
         w = csv.writer(buf, lineterminator="\n")
         for row in rows:
             row["group_rows"] = len(rows)
-            w.writerow([_fmt(row.get(c)) for c in COLUMNS])
+            values = [_fmt(row.get(c)) for c in COLUMNS[:-1]]
+            row["row_crc"] = _crc(values)
+            w.writerow([*values, row["row_crc"]])
         append_durable(self.path, buf.getvalue().encode("utf-8"))
         self.done.update(gids)
 
@@ -247,6 +254,18 @@ class ResultsStore:
             if tmp.exists():
                 tmp.unlink()
         return target
+
+
+#: columns left out of ``row_crc``: timings differ between identical runs
+_NOT_CHECKED = frozenset(i for i, c in enumerate(COLUMNS) if c in ("seconds", "prepare_seconds"))
+
+
+def _crc(values: list[str]) -> str:
+    """Check sum of a row's fields but the timings and itself, as written (8 hex digits)."""
+    import zlib
+
+    text = chr(31).join(v for i, v in enumerate(values) if i not in _NOT_CHECKED)
+    return f"{zlib.crc32(text.encode('utf-8')):08x}"
 
 
 def _png_ok(path: Path) -> bool:
@@ -280,7 +299,8 @@ def load_results(out_dir: str | os.PathLike):
     try:
         df = pd.read_csv(path, dtype={"case": str, "task": str, "dataset": str, "method": str,
                                       "note": str, "mask_file": str, "spacing_mm": str,
-                                      "group": str, "plan_digest": str},
+                                      "group": str, "plan_digest": str,
+                                      "row_crc": str},
                          keep_default_na=False, na_values=["nan", ""])
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}): not a results table "

@@ -262,3 +262,15 @@ def test_every_row_carries_group_and_plan_digest(reference, kw):
     counts = df.groupby("group").size()
     assert (df.groupby("group")["group_rows"].first() == counts).all()
     assert json.loads((reference / "manifest.json").read_text())["plan_digest"] == plan.digest()
+
+
+def test_an_edited_value_fails_its_check_sum_and_is_redone(kw, reference, tmp_path):
+    out = tmp_path / "run"
+    run_benchmark(BenchmarkPlan(out_dir=out, **kw))
+    text = (out / "results.csv").read_text(encoding="utf-8")
+    df = pd.read_csv(out / "results.csv")
+    old = repr(float(df["iou"].iloc[4]))
+    assert text.count(old) >= 1
+    (out / "results.csv").write_text(text.replace(old, "0.99", 1), encoding="utf-8")
+    run_benchmark(BenchmarkPlan(out_dir=out, resume=True, **kw))
+    assert_same_as_reference(out, reference)
