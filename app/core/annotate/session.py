@@ -1,9 +1,10 @@
-"""The state behind the Segment dock, without Qt: image, model engine, label map, history.
+"""The label map being built for one image, with its undo history (no Qt, no threads).
 
-A :class:`SegmentSession` owns one :class:`~app.core.image.Volume`, the label map being built for
-it, the undo history and (once a model is chosen) an engine. The dock drives it from the GUI
-thread and runs :meth:`SegmentSession.predict` and :func:`propagate_object` in its engine thread;
-the session itself does no threading. Tests and scripts use it directly.
+A :class:`SegmentSession` owns one :class:`~app.core.image.Volume`, the label map being built
+for it, the undo history, the display/model window and the low-resolution logits of accepted
+objects (fed back when refining). The
+:class:`~app.core.annotate.controller.AnnotationController` owns one session per open image;
+model calls happen elsewhere (the controller's scheduler), so a session never touches an engine.
 
 Conventions: label maps are ``(Z, Y, X)`` ``uint16`` (0 = background); a 2D image is a volume
 with ``Z == 1``. Prompts are in original-image pixels (:class:`~app.core.models.base.Prompt`).
@@ -11,26 +12,16 @@ with ``Z == 1``. Prompts are in original-image pixels (:class:`~app.core.models.
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
+from app.core.annotate.undo import CompoundEdit, LabelEdit, UndoStack
 from app.core.image import Image2D, Volume, Window
 from app.core.models.base import Candidates, Prompt
-from app.core.undo import CompoundEdit, LabelEdit, UndoStack
 
 __all__ = [
     "SegmentSession",
-    "PropagationStep",
-    "propagate_object",
     "box_from_mask",
     "choose_candidate",
-    "RecoveryStore",
     "LABEL_DTYPE",
 ]
 
@@ -66,27 +57,19 @@ def choose_candidate(candidates: Candidates) -> int:
     return candidates.best_index
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 class SegmentSession:
-    """Image + label map + undo history + engine for one open image.
+    """Image + label map + undo history for one open image.
 
     Parameters
     ----------
     volume : Volume
         The image being segmented; 2D pictures have ``Z == 1``.
-    engine : object or None
-        An :class:`app.core.engine.Engine` (``embed``/``predict``); may be set later.
     labels : ndarray, shape (Z, Y, X), optional
         An existing label map to continue (e.g. restored after a crash); copied.
     """
 
-    def __init__(self, volume: Volume, engine=None, labels: np.ndarray | None = None):
+    def __init__(self, volume: Volume, labels: np.ndarray | None = None):
         self.volume = volume
-        self.engine = engine
         z, y, x = volume.shape
         self.labels = np.zeros((z, y, x), dtype=LABEL_DTYPE)
         if labels is not None:
@@ -109,21 +92,6 @@ class SegmentSession:
             pixels=base.pixels, window=self.window, modality=base.modality,
             spacing_mm=base.spacing_mm,
         )
-
-    def embed(self, z: int):
-        """Embed slice ``z`` (cached by the engine)."""
-        self._need_engine()
-        return self.engine.embed(self.image(z))
-
-    def predict(self, z: int, prompt: Prompt, multimask: bool = True) -> Candidates:
-        """Candidates for ``prompt`` on slice ``z`` (embedding computed or reused)."""
-        self._need_engine()
-        prompt.validate_for(self.volume.shape[1:])
-        return self.engine.predict(self.embed(z), prompt, multimask=multimask)
-
-    def _need_engine(self) -> None:
-        if self.engine is None:
-            raise RuntimeError("no model is loaded yet: choose one in the model picker")
 
     # --- edits -----------------------------------------------------------------------------
     def accept(
@@ -260,128 +228,3 @@ class SegmentSession:
         if box is None:
             return None
         return Prompt(box_xyxy=box, mask_logits=self.object_logits.get((z, label)))
-
-
-@dataclass(frozen=True)
-class PropagationStep:
-    """One slice of a propagation: where it went, what it found, why it stopped (if it did)."""
-
-    z: int
-    mask: np.ndarray | None  # bool (Y, X); None when the object ended here
-    done: int  # slices visited so far
-    total: int  # upper bound on slices to visit
-    stopped_because: str = ""
-
-
-def propagate_object(
-    session: SegmentSession,
-    z0: int,
-    label: int,
-    *,
-    margin_px: int = 2,
-    min_area_px: int = 10,
-    min_overlap: float = 0.2,
-    max_growth: float = 3.0,
-    should_cancel: Callable[[], bool] | None = None,
-) -> Iterator[PropagationStep]:
-    """Carry object ``label`` from slice ``z0`` up and down the volume, one slice at a time.
-
-    Each next slice is prompted with the box around the previous slice's mask (grown by
-    ``margin_px``). The run in one direction stops where the object ends: the new mask is
-    smaller than ``min_area_px``, overlaps the previous one with IoU below ``min_overlap``, or
-    grows more than ``max_growth`` times (the model has jumped to something else). Slices that
-    already hold the label are kept as they are and serve as the next prompt.
-
-    Yields
-    ------
-    PropagationStep
-        One per visited slice; the caller collects the masks and applies them as one step
-        (:meth:`SegmentSession.apply_slices`). Stops early when ``should_cancel()`` is true.
-    """
-    start = session.labels[z0] == label
-    if not start.any():
-        raise ValueError(f"label {label} is empty on slice {z0}: accept an object there first")
-    n = session.volume.n_slices
-    total = n - 1
-    done = 0
-    for step in (+1, -1):
-        prev = start
-        z = z0 + step
-        while 0 <= z < n:
-            if should_cancel is not None and should_cancel():
-                return
-            done += 1
-            existing = session.labels[z] == label
-            if existing.any():
-                prev = existing
-                yield PropagationStep(z, None, done, total, "already labelled")
-                z += step
-                continue
-            box = box_from_mask(prev, margin_px)  # same box as coords.mask_to_box_xyxy, grown
-            cands = session.predict(z, Prompt(box_xyxy=box), multimask=True)
-            mask = cands.masks[choose_candidate(cands)]
-            area, prev_area = int(mask.sum()), int(prev.sum())
-            reason = ""
-            if area < min_area_px:
-                reason = f"object ended (mask of {area} px)"
-            elif _iou(mask, prev) < min_overlap:
-                reason = f"object ended (overlap {_iou(mask, prev):.2f} with the previous slice)"
-            elif area > max_growth * max(prev_area, 1):
-                reason = f"stopped: mask grew {area / max(prev_area, 1):.1f}x"
-            if reason:
-                yield PropagationStep(z, None, done, total, reason)
-                break
-            yield PropagationStep(z, mask, done, total)
-            prev = mask
-            z += step
-
-
-class RecoveryStore:
-    """Autosave of accepted labels, offered back after a crash.
-
-    Files live in ``folder`` (the app passes ``platformdirs.user_state_dir("samscope")``):
-    ``recovery.npz`` (the label map, compressed) and ``recovery.json`` (source path, shape, time,
-    pid). A clean exit calls :meth:`clear`; whatever is left at the next start is a crash.
-    """
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self.npz_path = self.folder / "recovery.npz"
-        self.json_path = self.folder / "recovery.json"
-
-    def save(self, labels: np.ndarray, source: str, *, label_names: dict | None = None) -> Path:
-        """Write the label map atomically (temporary file, then rename)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.npz_path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, labels=labels)
-        os.replace(tmp, self.npz_path)
-        meta = {"source": str(source), "shape": list(labels.shape), "saved_at": time.time(),
-                "pid": os.getpid(), "n_labels": int(len(np.unique(labels)) - 1),
-                "label_names": label_names or {}}
-        tmpj = self.json_path.with_suffix(".tmp.json")
-        tmpj.write_text(json.dumps(meta))
-        os.replace(tmpj, self.json_path)
-        return self.npz_path
-
-    def pending(self) -> dict | None:
-        """What a previous run left behind (its metadata), or None."""
-        if not (self.npz_path.is_file() and self.json_path.is_file()):
-            return None
-        try:
-            meta = json.loads(self.json_path.read_text())
-        except (OSError, ValueError):
-            return None
-        if meta.get("pid") == os.getpid():
-            return None  # our own autosave, not a crash
-        return meta
-
-    def load(self) -> np.ndarray:
-        with np.load(self.npz_path) as f:
-            return f["labels"]
-
-    def clear(self) -> None:
-        for p in (self.npz_path, self.json_path):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.core.annotate.session import SegmentSession, box_from_mask
+from app.core.annotate.undo import UndoStack, apply_label_change
 from app.core.image import Volume
-from app.core.session import RecoveryStore, SegmentSession, box_from_mask
-from app.core.undo import UndoStack, apply_label_change
 
 
 def _disc(shape, centre, radius):
@@ -87,19 +87,3 @@ def test_box_from_mask_is_inclusive_and_clipped():
     np.testing.assert_array_equal(box_from_mask(m), [3, 2, 8, 4])
     np.testing.assert_array_equal(box_from_mask(m, 5), [0, 0, 11, 9])
     assert box_from_mask(np.zeros((3, 3), bool)) is None
-
-
-def test_recovery_round_trip(tmp_path, session):
-    store = RecoveryStore(tmp_path / "state")
-    assert store.pending() is None
-    session.accept(1, _disc((64, 80), (20, 20), 8), 3)
-    store.save(session.labels, "scan.nii.gz")
-    # the same process does not count as a crash; pretend another one wrote it
-    meta = store.json_path.read_text().replace('"pid": ', '"pid": -')
-    store.json_path.write_text(meta)
-    pending = store.pending()
-    assert pending["source"] == "scan.nii.gz" and pending["shape"] == [4, 64, 80]
-    restored = SegmentSession(session.volume, labels=store.load())
-    np.testing.assert_array_equal(restored.labels, session.labels)
-    store.clear()
-    assert store.pending() is None
