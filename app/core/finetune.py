@@ -744,7 +744,7 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
     def cancelled() -> bool:
         return cancel is not None and cancel.is_set()
 
-    model = load_model(base, device=device, precision="fp32")
+    model = load_model(base, device=device, precision="fp32", backend="torch")
     dev = str(model.device)
     amp_dtype = None
     if dev.startswith("cuda"):
@@ -887,7 +887,8 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
                                      cancel=cancel)
         box_decoder = choose_box_decoder(before, after_tuned)
     routed = FinetunedModel(
-        model, load_model(base, device=dev, precision="fp32") if box_decoder == "base" else None,
+        model, load_model(base, device=dev, precision="fp32", backend="torch")
+        if box_decoder == "base" else None,
         box_decoder=box_decoder)
     if box_decoder == "base" and not cancelled():
         after = evaluate_modes(routed, val_samples, seed=cfg.seed,

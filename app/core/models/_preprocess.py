@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -177,6 +178,93 @@ class Preprocessing:
         x = F.interpolate(x, tuple(int(s) for s in original_hw), mode="bilinear",
                           align_corners=False)
         return x[:, 0]
+
+
+    def logits_to_masks(self, low_res_logits: np.ndarray, resized_hw: tuple[int, int],
+                        original_hw: tuple[int, int]) -> np.ndarray:
+        """Masks at the original resolution: the same bilinear upsampling as
+        :meth:`logits_to_original`, thresholded at 0, computed only where it can be positive.
+
+        Bilinear interpolation is a convex combination, so an output pixel whose source
+        pixels are all <= 0 is <= 0: only the rows and columns whose support meets the
+        bounding box of the positive low-res logits are computed (two small matrix products
+        per mask). The pixels computed are exactly those of the full product.
+
+        Parameters
+        ----------
+        low_res_logits : ndarray of float32, shape (K, 256, 256)
+        resized_hw : (h, w) of the content in the model input
+        original_hw : (H, W)
+
+        Returns
+        -------
+        ndarray of bool, shape (K, H, W)
+        """
+        lg = np.asarray(low_res_logits, np.float32)
+        if lg.ndim == 2:
+            lg = lg[None]
+        H, W = (int(s) for s in original_hw)
+        out = np.zeros((lg.shape[0], H, W), bool)
+        my, lo_y, hi_y = self._axis_matrix(lg.shape[-2], int(resized_hw[0]), H)
+        mx, lo_x, hi_x = self._axis_matrix(lg.shape[-1], int(resized_hw[1]), W)
+        for k in range(lg.shape[0]):
+            pos = lg[k] > 0
+            rows = np.flatnonzero(pos.any(axis=1))
+            if len(rows) == 0:
+                continue
+            cols = np.flatnonzero(pos.any(axis=0))
+            # output rows whose source support [lo, hi] meets [rows[0], rows[-1]]
+            y0 = int(np.searchsorted(hi_y, rows[0], side="left"))
+            y1 = int(np.searchsorted(lo_y, rows[-1], side="right"))
+            x0 = int(np.searchsorted(hi_x, cols[0], side="left"))
+            x1 = int(np.searchsorted(lo_x, cols[-1], side="right"))
+            if y1 <= y0 or x1 <= x0:
+                continue
+            r0, r1 = int(lo_y[y0]), int(hi_y[y1 - 1]) + 1
+            c0, c1 = int(lo_x[x0]), int(hi_x[x1 - 1]) + 1
+            crop = my[y0:y1, r0:r1] @ lg[k, r0:r1, c0:c1] @ mx[x0:x1, c0:c1].T
+            out[k, y0:y1, x0:x1] = crop > 0
+        return out
+
+    def _axis_matrix(self, n_low: int, n_resized: int, n_out: int):
+        # keep_aspect: the logits are first upsampled to the padded input, then cropped to the
+        # content; otherwise (stretched input) they go straight to the original size
+        if self.keep_aspect:
+            return _interp_matrix(n_low, self.input_size, n_resized, n_out)
+        return _interp_matrix(n_low, n_low, n_low, n_out)
+
+
+def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64 matrix of 1-D bilinear resizing, ``align_corners=False`` (torch)."""
+    scale = n_in / n_out
+    src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    l1 = src - i0
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), i0), 1.0 - l1)
+    np.add.at(m, (np.arange(n_out), i1), l1)
+    return m
+
+
+@lru_cache(maxsize=64)
+def _interp_matrix(n_low: int, n_stage: int, n_content: int, n_out: int):
+    """Low-res axis -> original axis as one matrix, with each output's source support.
+
+    Returns
+    -------
+    m : ndarray of float32, shape (n_out, n_low)
+    lo, hi : ndarray of int, shape (n_out,)
+        First and last low-res index with a non-zero weight (both non-decreasing).
+    """
+    first = _bilinear_weights(n_low, n_stage) if n_stage != n_low else np.eye(n_low)
+    m = _bilinear_weights(n_content, n_out) @ first[:n_content]
+    nz = m > 0
+    lo = nz.argmax(axis=1)
+    hi = n_low - 1 - nz[:, ::-1].argmax(axis=1)
+    m = m.astype(np.float32)
+    m.setflags(write=False)
+    return m, lo, hi
 
 
 #: LiteMedSAM: longest side 256, pad, min-max to [0, 1] (CVPR 2024 MedSAM-on-laptop recipe)

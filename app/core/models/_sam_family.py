@@ -73,7 +73,28 @@ class SamFamilyModel:
 
     def cache_token(self) -> str:
         """Identifies model + weights + preprocessing + precision for embedding-cache keys."""
-        return f"{self.name}|{self.checkpoint_path}|{self.preprocessing.cache_token()}|{self.precision}"
+        return (f"{self.name}|{self.checkpoint_path}|{self.preprocessing.cache_token()}|"
+                f"{self.precision}|{self.backend}")
+
+    def weights_digest(self, part: str = "encoder") -> str:
+        """SHA-256 of the weights of ``part``: ``"encoder"`` (image encoder) or ``"decoder"``
+        (prompt encoder + mask decoder), from the tensors in memory (so fine-tuned weights
+        count). Recomputed only when a tensor was replaced or changed in place."""
+        from app.core.models._onnx import module_digest, module_stamp
+
+        mods = self._parts(part)
+        stamp = module_stamp(mods)
+        cache = self.__dict__.setdefault("_digests", {})
+        if part not in cache or cache[part][0] != stamp:
+            cache[part] = (stamp, module_digest(mods))
+        return cache[part][1]
+
+    def _parts(self, part: str):
+        if part == "encoder":
+            return (self.net.image_encoder,)
+        if part == "decoder":
+            return (self.net.prompt_encoder, self.net.mask_decoder)
+        raise ValueError(f"part must be 'encoder' or 'decoder'; got {part!r}")
 
     def _autocast(self):
         import torch
@@ -97,14 +118,11 @@ class SamFamilyModel:
         Returns
         -------
         Embedding
-            ``features`` is a float32 tensor (1, 256, 64, 64) on the model's device.
+            ``features`` is float32 (1, 256, 64, 64): a tensor on the model's device with the
+            torch backend, an ndarray with an exported graph.
         """
-        import torch
-
         array, resized_hw = self.preprocessing.prepare(image)
-        x = torch.from_numpy(array)[None].to(self.device)
-        with torch.inference_mode(), self._autocast():
-            features = self.net.image_encoder(x).float()
+        features = self._encode(array)
         return Embedding(features=features, original_size=image.shape, input_size=resized_hw,
                          model_name=self.name, key=key)
 
@@ -152,6 +170,81 @@ class SamFamilyModel:
         c = self._decode(embedding, Prompt(), boxes, multimask=False)
         return Candidates(c.masks, c.scores, c.low_res_logits, meaningful=False)
 
+    # --- backends -------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """``"torch"``, or the name of the exported-graph runtime in use (``"onnx"``)."""
+        rt = getattr(self, "_runtime", None)
+        return "torch" if rt is None else rt.name
+
+    def _encode(self, array: np.ndarray):
+        """Image encoder on one prepared input (3, S, S) float32 -> features (1, 256, 64, 64)."""
+        rt = getattr(self, "_runtime", None)
+        if rt is not None:
+            return rt.encode(self, array[None])
+        import torch
+
+        x = torch.from_numpy(array)[None].to(self.device)
+        with torch.inference_mode(), self._autocast():
+            return self.net.image_encoder(x).float()
+
+    def _decode_net(self, features, coords: np.ndarray | None, labels: np.ndarray | None,
+                    boxes: np.ndarray | None, mask: np.ndarray | None, multimask: bool):
+        """Prompt encoder + mask decoder in model-input coordinates.
+
+        Parameters
+        ----------
+        features : the embedding's features (torch tensor or ndarray (1, 256, 64, 64))
+        coords : ndarray of float32, shape (P, 2), or None
+        labels : ndarray of int, shape (P,), or None
+        boxes : ndarray of float32, shape (N, 4), or None
+            One prediction per box (the points and mask go with every box).
+        mask : ndarray of float32, shape (256, 256), or None
+
+        Returns
+        -------
+        low_res : ndarray of float32, shape (N * K, 256, 256)
+        scores : ndarray of float32, shape (N * K,)
+        """
+        rt = getattr(self, "_runtime", None)
+        if rt is not None:
+            out = rt.decode(self, features, coords, labels, boxes, mask, multimask)
+            if out is not None:
+                return out
+        return self._decode_torch(features, coords, labels, boxes, mask, multimask)
+
+    def _decode_torch(self, features, coords, labels, boxes, mask, multimask):
+        import torch
+
+        dev = self.device
+        if not isinstance(features, torch.Tensor):
+            features = torch.from_numpy(np.asarray(features, np.float32)).to(dev)
+        n = 1 if boxes is None else len(boxes)
+        points = None
+        if coords is not None:
+            c = torch.from_numpy(np.asarray(coords, np.float32)).to(dev)
+            lab = torch.from_numpy(np.asarray(labels).astype(np.int64)).to(dev)
+            points = (c[None].expand(n, -1, -1), lab[None].expand(n, -1))
+        box_t = None if boxes is None else torch.from_numpy(
+            np.asarray(boxes, np.float32)).to(dev)
+        mask_t = None
+        if mask is not None:
+            mask_t = torch.from_numpy(mask)[None, None].to(dev).expand(n, -1, -1, -1)
+        with torch.inference_mode(), self._autocast():
+            sparse, dense = self.net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
+            low_res, iou = self.net.mask_decoder(
+                image_embeddings=features,
+                image_pe=self._dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+            # (n, k, 256, 256) -> (n*k, 256, 256): one box per row, or k alternatives for one
+            low_res = low_res.float().reshape(-1, *low_res.shape[-2:])
+            scores = iou.float().reshape(-1)
+        return (low_res.cpu().numpy().astype(np.float32, copy=False),
+                scores.cpu().numpy().astype(np.float32, copy=False))
+
     # --- decoding -------------------------------------------------------------------------
     def _dense_pe(self):
         # the positional encoding of the embedding grid depends only on the weights: compute
@@ -166,8 +259,6 @@ class SamFamilyModel:
 
     def _decode(self, embedding: Embedding, prompt: Prompt, boxes: np.ndarray | None,
                 multimask: bool) -> Candidates:
-        import torch
-
         if embedding.model_name != self.name:
             raise ValueError(
                 f"embedding was computed by {embedding.model_name!r}, not by {self.name!r}")
@@ -176,42 +267,26 @@ class SamFamilyModel:
         prompt.validate_for(embedding.original_size)
         hw = embedding.original_size
         pre = self.preprocessing
-        dev = self.device
-        n = 1 if boxes is None else len(boxes)
 
-        points = None
+        coords = labels = None
         if prompt.has_points:
-            coords = torch.from_numpy(pre.points_to_model(prompt.points_xy, hw)).to(dev)
-            labels = torch.from_numpy(prompt.point_labels.astype(np.int64)).to(dev)
-            points = (coords[None].expand(n, -1, -1), labels[None].expand(n, -1))
-        box_t = None
-        if boxes is not None:
-            box_t = torch.from_numpy(pre.boxes_to_model(boxes, hw)).to(dev)
-        mask_t = None
+            coords = pre.points_to_model(prompt.points_xy, hw)
+            labels = prompt.point_labels
+        box_m = None if boxes is None else pre.boxes_to_model(boxes, hw)
+        mask = None
         if prompt.mask_logits is not None:
-            m = np.asarray(prompt.mask_logits, np.float32)
-            if m.shape != (256, 256):
-                raise ValueError(f"mask_logits must have shape (256, 256); got {m.shape}")
-            mask_t = torch.from_numpy(m)[None, None].to(dev).expand(n, -1, -1, -1)
+            mask = np.ascontiguousarray(prompt.mask_logits, np.float32)
+            if mask.shape != (256, 256):
+                raise ValueError(f"mask_logits must have shape (256, 256); got {mask.shape}")
 
         multimask_out = bool(multimask and self.capabilities.meaningful_multimask)
-        with torch.inference_mode(), self._autocast():
-            sparse, dense = self.net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
-            low_res, iou = self.net.mask_decoder(
-                image_embeddings=embedding.features,
-                image_pe=self._dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask_out,
-            )
-            # (n, k, 256, 256) -> (n*k, 256, 256): one box per row, or k alternatives for one
-            low_res = low_res.float().reshape(-1, *low_res.shape[-2:])
-            scores = iou.float().reshape(-1)
-            full = pre.logits_to_original(low_res, embedding.input_size, hw)
-            masks = (full > 0).cpu().numpy()
+        low_res, scores = self._decode_net(embedding.features, coords, labels, box_m, mask,
+                                           multimask_out)
+        # only the pixels whose bilinear support holds a positive logit are upsampled
+        masks = pre.logits_to_masks(low_res, embedding.input_size, hw)
         return Candidates(
             masks=masks,
-            scores=scores.cpu().numpy().astype(np.float32),
-            low_res_logits=low_res.cpu().numpy().astype(np.float32),
+            scores=scores,
+            low_res_logits=low_res,
             meaningful=self.capabilities.meaningful_multimask,
         )

@@ -225,7 +225,8 @@ def model_status(name: str) -> str:
 def load_model(name: str = DEFAULT_MODEL, *, checkpoint: str | os.PathLike | None = None,
                device: str | None = None, download: bool = False,
                on_progress: ProgressCallback | None = None,
-               precision: str = "auto") -> PromptableModel:
+               precision: str = "auto", backend: str | None = None,
+               on_status: Callable[[str], None] | None = None) -> PromptableModel:
     """Build model ``name`` and load its weights.
 
     Parameters
@@ -244,11 +245,18 @@ def load_model(name: str = DEFAULT_MODEL, *, checkpoint: str | os.PathLike | Non
     precision : {"auto", "fp32", "fp16", "bf16"}
         ``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA, fp32 elsewhere.
         Half precision is never used on CPU or MPS.
+    backend : {"auto", "torch", "onnx"}, optional
+        How the networks run (:mod:`app.core.models.backends`). ``None``: ``$SAMSCOPE_BACKEND``
+        or ``"auto"`` = exported graphs in ONNX Runtime on the CPU, torch on GPUs. The graphs
+        are exported on first use, not here.
+    on_status : callable (str), optional
+        One-line messages from the backend (an export starting and finishing takes seconds).
 
     Returns
     -------
     PromptableModel
-        A :class:`~app.core.models._sam_family.SamFamilyModel` in eval mode on ``device``.
+        A :class:`~app.core.models._sam_family.SamFamilyModel` (or a fine-tuned model holding
+        two) in eval mode on ``device``; ``model.net`` is always the torch network.
 
     Raises
     ------
@@ -261,10 +269,19 @@ def load_model(name: str = DEFAULT_MODEL, *, checkpoint: str | os.PathLike | Non
     folder = (checkpoint if checkpoint is not None and _ft.is_finetuned_dir(checkpoint) else
               _ft.resolve_finetuned(name) if checkpoint is None and (
                   name in _ft.BUNDLED_FINETUNED or name not in _BY_NAME) else None)
+    from app.core.models.backends import resolve_backend, set_backend
+
+    if backend is not None:
+        resolve_backend(backend, "cpu" if backend == "onnx" else "cuda")  # bad names fail early
     if folder is not None:
-        return _ft.load_finetuned(folder, device=device, precision=precision)
-    return load_model_from_spec(get_spec(name), checkpoint=checkpoint, device=device,
-                                download=download, on_progress=on_progress, precision=precision)
+        model = _ft.load_finetuned(folder, device=device, precision=precision)
+    else:
+        model = load_model_from_spec(get_spec(name), checkpoint=checkpoint, device=device,
+                                     download=download, on_progress=on_progress,
+                                     precision=precision)
+    # lazily: a fine-tuned model copies its decoder weights in after its base was built
+    set_backend(model, backend, on_status=on_status)
+    return model
 
 
 def load_model_from_spec(spec: ModelSpec, *, checkpoint: str | os.PathLike | None = None,

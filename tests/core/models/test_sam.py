@@ -105,7 +105,11 @@ def test_masks_are_the_returned_low_res_logits_upsampled(tiny, image):
     c = model.predict(emb, Prompt.from_box([100, 50, 600, 500]), multimask=True)
     back = SAM_1024.logits_to_original(torch.from_numpy(c.low_res_logits), (691, 1024),
                                        (540, 800))
-    np.testing.assert_array_equal(back.numpy() > 0, c.masks)
+    # the masks are upsampled by matrix products over the positive crop: pixels may differ
+    # only where the logit is zero up to float rounding
+    differ = (back.numpy() > 0) != c.masks
+    assert differ.sum() <= 1e-5 * differ.size
+    assert np.all(np.abs(back.numpy()[differ]) < 1e-4)
 
 
 def _spy_prompt_encoder(model, monkeypatch):
