@@ -131,29 +131,49 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
 
 
 def volume_from_layer(data: np.ndarray, attributes: dict[str, Any]):
-    """The reference Volume for a Labels layer: its source volume, else one from scale/translate."""
+    """The :class:`~app.core.image.Volume` behind a layer's data and attributes.
+
+    The one conversion from a napari layer to a Volume, for the writer (a Labels layer's
+    geometry) and for the Segment dock (an Image layer to annotate). The reader's own Volume,
+    kept in ``metadata``, wins when its shape fits the data; otherwise the geometry comes from
+    the layer's ``scale`` and ``translate`` (napari's world axes taken as the array's (z, y, x),
+    the identity direction of :class:`Volume`, so that ``Volume.napari_kwargs`` round-trips).
+
+    Parameters
+    ----------
+    data : ndarray, shape (Y, X), (Z, Y, X), (Y, X, 3) or (Z, Y, X, 3) with ``rgb``
+    attributes : dict
+        ``scale``, ``translate``, ``metadata``, ``rgb`` (optional), ``name`` (optional), as
+        napari passes them to writers or as a layer holds them.
+    """
     from app.core.image import Volume
 
     data = np.asarray(data)
     meta = attributes.get("metadata") or {}
+    rgb = bool(attributes.get("rgb", False))
+    spatial = data.ndim - (1 if rgb else 0)
     volume = meta.get(VOLUME_KEY)
     if isinstance(volume, Volume):
-        shape = volume.shape[1:] if volume.is_2d and data.ndim == 2 else volume.shape
-        if tuple(data.shape) == tuple(shape):
+        shape = volume.shape[1:] if volume.is_2d and spatial == 2 else volume.shape
+        if tuple(data.shape[:spatial]) == tuple(shape):
             return volume
-    if data.ndim not in (2, 3):
-        raise ValueError(f"can only save 2D or 3D labels, this layer has shape {data.shape}")
-    scale = tuple(float(s) for s in (attributes.get("scale") or (1.0,) * data.ndim))
-    translate = tuple(float(t) for t in (attributes.get("translate") or (0.0,) * data.ndim))
-    if data.ndim == 2:
+    if spatial not in (2, 3):
+        raise ValueError(f"layer {attributes.get('name', '')!r} has {spatial} spatial axes "
+                         f"(shape {data.shape}); SAMScope works on 2D images and 3D volumes")
+    scale = attributes.get("scale")
+    translate = attributes.get("translate")
+    scale = tuple(float(s) for s in ((1.0,) * spatial if scale is None else scale))[-spatial:]
+    translate = tuple(float(t) for t in
+                      ((0.0,) * spatial if translate is None else translate))[-spatial:]
+    pixels = data[None] if spatial == 2 else data
+    if spatial == 2:
         scale, translate = (1.0, *scale), (0.0, *translate)
-    # axis-aligned fallback: napari's world axes taken as the volume's (z, y, x) in LPS
     return Volume(
-        pixels=np.zeros((1 if data.ndim == 2 else data.shape[0], *data.shape[-2:]), np.uint8),
+        pixels=pixels,
         spacing_mm=scale,  # type: ignore[arg-type]
         origin_mm=translate,  # type: ignore[arg-type]
-        is_2d=data.ndim == 2,
-        source=str(meta.get("source", "")),
+        is_2d=spatial == 2,
+        source=str(meta.get("source", attributes.get("name", ""))),
         spacing_known=any(s != 1.0 for s in scale),
     )
 

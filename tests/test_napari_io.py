@@ -116,3 +116,34 @@ def test_writer_npe2_contribution(samscope_pm, tmp_path):
     (img, img_kw, _), (lab, lab_kw, _) = napari_io.sample_ultrasound()
     written = npe2.write(str(tmp_path / "m.png"), [(lab, lab_kw, "labels")], plugin_name="samscope")
     assert [Path(p).name for p in written] == ["m.png"]
+
+
+@pytest.mark.parametrize("is_2d", [False, True])
+def test_volume_from_layer_round_trips_napari_scale_and_translate(is_2d):
+    """A layer SAMScope did not open (no Volume in its metadata) gives back the geometry the
+    layer was made with: napari's own scale/translate, no axis reversed."""
+    from napari.layers import Image, Labels
+
+    from app.core.image import Volume
+    from app.napari_io import volume_from_layer, volume_layer_data
+
+    shape = (1, 20, 30) if is_2d else (4, 20, 30)
+    spacing = (1.0, 0.7, 0.6) if is_2d else (2.5, 0.7, 0.6)
+    origin = (0.0, -12.0, 33.0) if is_2d else (-40.0, -12.0, 33.0)
+    vol = Volume(pixels=np.arange(np.prod(shape), dtype=np.int16).reshape(shape),
+                 spacing_mm=spacing, origin_mm=origin, is_2d=is_2d)
+    data, kwargs, _ = volume_layer_data(vol)
+    kwargs["metadata"] = {}  # as if another plugin had opened it
+    layer = Image(data, **kwargs)
+    attrs = {"scale": layer.scale, "translate": layer.translate, "metadata": layer.metadata,
+             "rgb": layer.rgb, "name": layer.name}
+    back = volume_from_layer(np.asarray(layer.data), attrs)
+    assert back.shape == vol.shape and back.is_2d == is_2d
+    np.testing.assert_allclose(back.spacing_mm, spacing)
+    np.testing.assert_allclose(back.origin_mm, origin)
+    np.testing.assert_allclose(back.affine_lps, vol.affine_lps)
+    np.testing.assert_array_equal(back.pixels, vol.pixels)
+    # a Labels layer on the same grid (the writer's path) lands on the same geometry
+    labels = Labels(np.zeros(data.shape, np.uint8), scale=layer.scale, translate=layer.translate)
+    ref = volume_from_layer(labels.data, {"scale": labels.scale, "translate": labels.translate})
+    np.testing.assert_allclose(ref.affine_lps, vol.affine_lps)

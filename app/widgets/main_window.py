@@ -35,7 +35,8 @@ class MainWindow:
         return self.viewer.window._qt_window
 
     def close(self) -> None:
-        self.segment_dock.engine_thread.shutdown(1.0)
+        self.segment_dock.controller.shutdown()
+        self.segment_dock.scheduler.shutdown(1.0)
         self.viewer.close()
 
 

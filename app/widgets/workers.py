@@ -28,7 +28,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-__all__ = ["EngineThread", "PredictionResult", "TaskHandle"]
+__all__ = ["EngineThread", "PredictionResult", "TaskHandle", "QtScheduler"]
 
 
 @dataclass
@@ -242,3 +242,80 @@ class EngineThread(QObject):
             done, total = self._prefetch_done, self._prefetch_total
         self.stats["prefetched"] += 1
         self.prefetch_progress.emit(done, total)
+
+
+class QtScheduler(QObject):
+    """The controller's :class:`~app.core.annotate.scheduler.Scheduler` on Qt: model work in
+    one :class:`EngineThread` (newest prediction wins), file reads and model loads in plain
+    threads, every callback delivered on the GUI thread through queued signals."""
+
+    _background_done = Signal(object, object, object)  # (callback, value, error)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.engine_thread = EngineThread(self)
+        self.engine_thread.predicted.connect(self._on_predicted)
+        self.engine_thread.task_step.connect(self._on_task_step)
+        self.engine_thread.task_finished.connect(self._on_task_finished)
+        self.engine_thread.prefetch_progress.connect(self._on_prefetch_progress)
+        self._background_done.connect(self._on_background_done)
+        self._task_callbacks: dict[int, tuple[Callable, Callable]] = {}
+        self._prefetch_progress: Callable[[int, int], None] | None = None
+
+    # --- Scheduler -------------------------------------------------------------------------
+    def predict(self, job, done) -> None:
+        self.engine_thread.request(job, context=done)
+
+    def cancel_predictions(self) -> None:
+        self.engine_thread.cancel_predictions()
+
+    def run_task(self, steps, on_step, on_done) -> TaskHandle:
+        handle = self.engine_thread.start_task("task", steps)
+        self._task_callbacks[handle.task_id] = (on_step, on_done)
+        return handle
+
+    def cancel_task(self) -> None:
+        self.engine_thread.cancel_task()
+
+    def prefetch(self, jobs, on_progress=None) -> None:
+        self._prefetch_progress = on_progress
+        self.engine_thread.prefetch(jobs)
+
+    def background(self, job, done) -> None:
+        def run():
+            try:
+                value, error = job(), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the GUI thread
+                value, error = None, exc
+            self._background_done.emit(done, value, error)
+
+        threading.Thread(target=run, name="samscope-background", daemon=True).start()
+
+    # --- delivery on the GUI thread --------------------------------------------------------
+    def _on_predicted(self, result: PredictionResult) -> None:
+        if self.engine_thread.is_current(result.request_id):
+            result.context(result.value, result.error)
+
+    def _on_task_step(self, task_id: int, item) -> None:
+        cbs = self._task_callbacks.get(task_id)
+        if cbs is not None:
+            cbs[0](item)
+
+    def _on_task_finished(self, task_id: int, status: str, error) -> None:
+        cbs = self._task_callbacks.pop(task_id, None)
+        if cbs is not None:
+            cbs[1](status, error)
+
+    def _on_prefetch_progress(self, done: int, total: int) -> None:
+        if self._prefetch_progress is not None:
+            self._prefetch_progress(done, total)
+
+    def _on_background_done(self, done, value, error) -> None:
+        done(value, error)
+
+    @property
+    def busy(self) -> bool:
+        return self.engine_thread.busy
+
+    def shutdown(self, timeout_s: float = 1.0) -> None:
+        self.engine_thread.shutdown(timeout_s)
