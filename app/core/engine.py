@@ -103,7 +103,9 @@ class EngineStats:
     embeddings_computed : int
         Image-encoder runs.
     embeddings_reused : int
-        Embeddings served from the cache.
+        Embeddings served from the memory cache.
+    embeddings_loaded : int
+        Embeddings read from the on-disk :class:`EmbeddingStore` (counted apart from both).
     predictions : int
         Decoder runs.
     cache_entries, cache_bytes, cache_limit_bytes : int
@@ -115,6 +117,7 @@ class EngineStats:
     cache_entries: int
     cache_bytes: int
     cache_limit_bytes: int
+    embeddings_loaded: int = 0  # served from the on-disk store (the encoder did not run)
 
     @property
     def hit_rate(self) -> float:
@@ -143,6 +146,10 @@ class Engine:
         torch CPU threads for a CPU model (see :func:`configure_torch_threads`); ignored on GPUs.
         torch's thread count is process-wide: ``None`` sets the default (cores - 1) only if
         nothing in this process has configured it yet.
+    store : EmbeddingStore, True, False or None
+        Embeddings on disk (:mod:`app.core.models.embedding_store`): checked after the memory
+        cache, filled after each encoder run. ``True``: the user cache's store; ``None``: that
+        store only when ``$SAMSCOPE_EMBEDDING_STORE=1``; ``False``: none.
 
     Notes
     -----
@@ -150,8 +157,14 @@ class Engine:
     """
 
     def __init__(self, model: PromptableModel, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 n_threads: int | None = None) -> None:
+                 n_threads: int | None = None, store=None) -> None:
+        from app.core.models.embedding_store import EmbeddingStore, default_store
+
         self.model = model
+        self.store: EmbeddingStore | None = (
+            EmbeddingStore() if store is True else None if store is False
+            else default_store() if store is None else store)
+        self._loaded = 0
         self.cache_limit_bytes = int(cache_bytes)
         self._cache: OrderedDict[str, tuple[Embedding, int]] = OrderedDict()
         self._cache_bytes = 0
@@ -185,12 +198,36 @@ class Engine:
             self._cache.move_to_end(key)
             self._reused += 1
             return hit[0]
+        disk_key = None
+        if self.store is not None:
+            from app.core.models.embedding_store import store_key
+
+            disk_key = store_key(self.model, key.split("|", 1)[0])
+            emb = self.store.get(disk_key)
+            if emb is not None and emb.model_name == getattr(self.model, "name", None) and \
+                    tuple(emb.original_size) == tuple(image.shape):
+                emb = replace(emb, key=key, features=self._features_for_model(emb.features))
+                self._loaded += 1
+                self._store(key, emb)
+                return emb
         emb = self.model.embed(image)
         if emb.key != key:
             emb = replace(emb, key=key)
         self._computed += 1
         self._store(key, emb)
+        if disk_key is not None:
+            self.store.put(disk_key, emb)
         return emb
+
+    def _features_for_model(self, features: np.ndarray):
+        # a stored embedding is an ndarray; the torch backend wants a tensor on its device
+        from app.core.models.backends import model_backend
+
+        if model_backend(self.model) != "torch":
+            return features
+        import torch
+
+        return torch.from_numpy(features).to(str(getattr(self.model, "device", "cpu")))
 
     def _store(self, key: str, emb: Embedding) -> None:
         nbytes = _embedding_nbytes(emb)
@@ -208,8 +245,16 @@ class Engine:
         self._cache_bytes = 0
 
     def is_cached(self, image: Image2D) -> bool:
-        """Whether ``image``'s embedding is in the cache (does not count as a use)."""
-        return self.embedding_key(image) in self._cache
+        """Whether ``image``'s embedding is in the memory cache or the on-disk store (does
+        not count as a use; a stored one takes milliseconds to load)."""
+        key = self.embedding_key(image)
+        if key in self._cache:
+            return True
+        if self.store is None:
+            return False
+        from app.core.models.embedding_store import store_key
+
+        return store_key(self.model, key.split("|", 1)[0]) in self.store
 
     @property
     def stats(self) -> EngineStats:
@@ -220,6 +265,7 @@ class Engine:
             cache_entries=len(self._cache),
             cache_bytes=self._cache_bytes,
             cache_limit_bytes=self.cache_limit_bytes,
+            embeddings_loaded=self._loaded,
         )
 
     # --- prediction -----------------------------------------------------------------------
