@@ -76,17 +76,22 @@ def plan_kwargs(data: Path, cases: int, seed: int) -> dict:
                 protocols=("paper", "standard"), clicks=4, max_cases=cases, seed=seed)
 
 
+def _as_text(df):
+    """Every cell as text, missing values as "NA" (so that NaN equals NaN)."""
+    return df.astype(object).where(df.notna(), "NA").astype(str)
+
+
 def compare(ref: Path, out: Path) -> dict[str, int]:
     """Rows lost / duplicated / differing and mask files differing, ``out`` against ``ref``."""
     a, b = load_results(ref), load_results(out)
     cols = [c for c in COLUMNS if c not in VOLATILE and c in a and c in b]
     dup = int(b.duplicated(KEY).sum())
     b1 = b.drop_duplicates(KEY)
-    ka = {tuple(r) for r in a[KEY].astype(str).itertuples(index=False)}
-    kb = {tuple(r) for r in b1[KEY].astype(str).itertuples(index=False)}
+    ka = {tuple(r) for r in _as_text(a[KEY]).itertuples(index=False)}
+    kb = {tuple(r) for r in _as_text(b1[KEY]).itertuples(index=False)}
     lost, extra = len(ka - kb), len(kb - ka)
-    m = a[cols].astype(str).merge(b1[cols].astype(str), on=KEY, how="inner",
-                                  suffixes=("_a", "_b"))
+    m = _as_text(a[cols]).merge(_as_text(b1[cols]), on=KEY, how="inner",
+                                suffixes=("_a", "_b"))
     differ = sum(int((m[f"{c}_a"] != m[f"{c}_b"]).sum()) for c in cols if c not in KEY)
     masks_differ = 0
     for rel in a["mask_file"]:
@@ -99,53 +104,62 @@ def compare(ref: Path, out: Path) -> dict[str, int]:
 
 
 def kill_drill(data: Path, tmp: Path, kills: int, cases: int, seed: int, ref: Path,
-               rng: random.Random) -> dict[str, int]:
-    out = tmp / "killed"
+               rng: random.Random, t_ref: float) -> dict[str, int]:
+    """Rounds of: fresh folder, run, kill -9 at a random moment, resume, ... until complete.
+
+    Kills land uniformly over the time a whole run takes; a round ends when a run completes,
+    and is compared with the reference. Rounds go on until ``kills`` kills have happened.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO), "RUST_BACKTRACE": "0"}
-    cmd = cli(data, out, cases, seed)
-    t_full = float(os.environ.get("DRILL_RUN_SECONDS", "0")) or None
-    killed = second_admitted = second_refused = crashes = 0
-    attempts = 0
-    while True:
-        resume = ["--resume"] if out.exists() else []
-        proc = subprocess.Popen([*cmd, *resume], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, env=env)
-        if killed < kills:
-            delay = rng.uniform(0.3, t_full or 4.0)
-            time.sleep(delay / 2)
-            if proc.poll() is None and out.exists():
-                # a second writer while the first is running: must be refused
-                second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True,
-                                        env=env, timeout=120)
-                if proc.poll() is None:
+    total = {"rows": 0, "expected": 0, "lost": 0, "duplicated": 0, "extra": 0,
+             "values_differ": 0, "masks_differ": 0}
+    killed = second_admitted = second_refused = crashes = runs = rounds = 0
+    while killed < kills:
+        out = tmp / f"killed{rounds}"
+        rounds += 1
+        cmd = cli(data, out, cases, seed)
+        while True:
+            resume = ["--resume"] if out.exists() else []
+            proc = subprocess.Popen([*cmd, *resume], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True, env=env)
+            runs += 1
+            if killed < kills:
+                delay = rng.uniform(0.2, t_ref)
+                time.sleep(delay / 2)
+                if proc.poll() is None and out.exists() and rng.random() < 0.5:
+                    # a second writer while the first is running: must be refused
+                    second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True,
+                                            env=env, timeout=120)
                     if second.returncode == 2 and "another benchmark" in second.stderr:
                         second_refused += 1
-                    elif second.returncode == 0:
+                    elif second.returncode == 0 and proc.poll() is None:
                         second_admitted += 1
                     elif "Traceback" in second.stderr:
                         crashes += 1
-            time.sleep(delay / 2)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                killed += 1
-            _, err = proc.communicate(timeout=300)
-        else:
+                        print(second.stderr[-2000:], file=sys.stderr)
+                    delay = max(0.0, delay / 2 - 1.0)  # the second writer took about a second
+                else:
+                    delay /= 2
+                time.sleep(delay)
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    killed += 1
             _, err = proc.communicate(timeout=600)
-        attempts += 1
-        if "Traceback" in err:
-            crashes += 1
-            print(err[-2000:], file=sys.stderr)
-        if proc.returncode == 0 and killed >= kills:
-            break
-        if proc.returncode not in (0, -signal.SIGKILL):
-            crashes += 1
-            print(f"run exited {proc.returncode}: {err[-600:]}", file=sys.stderr)
-            if attempts > kills + 5:
+            if "Traceback" in err:
+                crashes += 1
+                print(err[-2000:], file=sys.stderr)
+            if proc.returncode == 0:
                 break
-    res = compare(ref, out)
-    res.update(kills=killed, runs=attempts, second_writers_refused=second_refused,
-               second_writers_admitted=second_admitted, crashes=crashes)
-    return res
+            if proc.returncode != -signal.SIGKILL:
+                crashes += 1
+                print(f"run exited {proc.returncode}: {err[-600:]}", file=sys.stderr)
+                break
+        res = compare(ref, out)
+        for k in total:
+            total[k] += res[k]
+    total.update(kills=killed, runs=runs, rounds=rounds, second_writers_refused=second_refused,
+                 second_writers_admitted=second_admitted, crashes=crashes)
+    return total
 
 
 def _damage(folder: Path, rng: random.Random) -> str:
@@ -267,12 +281,12 @@ def main() -> int:
         subprocess.run(cli(data, ref, args.cases, args.seed), check=True, env=env,
                        stderr=subprocess.DEVNULL)
         t_ref = time.perf_counter() - t0
-        os.environ["DRILL_RUN_SECONDS"] = f"{max(t_ref, 1.0):.2f}"
         n_ref = len(load_results(ref))
-        print(f"reference: {n_ref} rows, {t_ref:.1f} s ({data})")
+        print(f"reference: {n_ref} rows, {t_ref:.1f} s ({data})", flush=True)
         bad = False
-        k = kill_drill(data, tmp, args.kills, args.cases, args.seed, ref, rng)
-        print(f"kill drill: {k['kills']} kill -9 over {k['runs']} runs; rows {k['rows']}/"
+        k = kill_drill(data, tmp, args.kills, args.cases, args.seed, ref, rng, t_ref)
+        print(f"kill drill: {k['kills']} kill -9 over {k['runs']} runs in {k['rounds']} "
+              f"rounds; rows {k['rows']}/"
               f"{k['expected']}, lost {k['lost']}, duplicated {k['duplicated']}, extra "
               f"{k['extra']}, values differing {k['values_differ']}, mask files differing "
               f"{k['masks_differ']}; second writers refused {k['second_writers_refused']}, "
@@ -291,7 +305,7 @@ def main() -> int:
                 print(f"disk-full drill: {d}")
                 bad |= bool(d.get("lost") or d.get("duplicated") or d.get("traceback") or
                             d.get("resume_exit") or d.get("masks_differ"))
-    print("FAILED" if bad else "OK: 0 rows lost, 0 duplicated, 0 crashes")
+    print("FAILED" if bad else "OK: 0 rows lost, 0 duplicated, 0 crashes", flush=True)
     return 1 if bad else 0
 
 

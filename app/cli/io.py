@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 __all__ = ["register", "run", "describe"]
@@ -79,6 +80,21 @@ def describe(volume, path: str) -> dict[str, Any]:
     }
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (valid JSON)."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
 def _text(d: dict[str, Any]) -> str:
     def fmt(v) -> str:
         return "(" + ", ".join(f"{x:g}" for x in v) + ")"
@@ -120,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "info":
         volume = read_image(args.path, series=_series_arg(args.series), index=args.index)
         d = describe(volume, args.path)
-        print(json.dumps(d) if args.json else _text(d))
+        # NaN/inf (e.g. the value range of an all-NaN float slab) are not JSON: null instead
+        print(json.dumps(_json_safe(d), allow_nan=False) if args.json else _text(d))
         return 0
     # convert
     from app.core.io import read_labels, write_image, write_labels
@@ -132,5 +149,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         volume = read_image(args.input, series=_series_arg(args.series), index=args.index)
         out = write_image(args.output, volume, overwrite=args.overwrite)
+        if not volume.spacing_known and str(out).lower().endswith((".nii", ".nii.gz", ".nrrd")):
+            print(f"note: {args.input} has no usable spacing or orientation; {out} was written "
+                  "with unit spacing, marked unknown", file=sys.stderr)
     print(f"wrote {out}")
     return 0

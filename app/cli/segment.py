@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 __all__ = ["register", "run"]
 
@@ -62,6 +61,11 @@ def _prompt_args(args):
     if len(boxes) > 1 and len(points):
         raise ValueError("several boxes cannot be combined with points: give one box, or "
                          "boxes only")
+    for name, arr in (("box", boxes), ("point", points)):
+        for v in arr:
+            if not np.isfinite(v).all():
+                raise ValueError(f"--{name} {' '.join(f'{x:g}' for x in v)}: coordinates must "
+                                 "be finite numbers (no nan or inf)")
     for b in boxes:
         if b[2] < b[0] or b[3] < b[1]:
             raise ValueError(f"box {b.tolist()} is not X0 Y0 X1 Y1 with X0 <= X1 and Y0 <= Y1")
@@ -102,14 +106,22 @@ def run(args: argparse.Namespace) -> int:
     from app.core.engine import Engine
     from app.core.errors import WriteError
     from app.core.io import read_image
+    from app.core.io._atomic import check_output_path, full_suffix
     from app.core.models.base import Prompt
     from app.core.models.registry import get_spec, load_model
 
     get_spec(args.model)  # unknown names fail before anything is read
-    if Path(args.output).exists() and not args.overwrite:
-        raise WriteError(f"{args.output} already exists; pass --overwrite to replace it")
     boxes, points = _prompt_args(args)
+    # the output is checked before the model runs: folder, permissions, existing file, format
+    check_output_path(args.output, overwrite=args.overwrite, protected=[args.image])
+    suffix = full_suffix(args.output)
+    if suffix not in (".png", ".nii", ".nii.gz", ".dcm"):
+        raise WriteError(f"{args.output}: unknown mask format {suffix or '(no extension)'}; "
+                         "use .png, .nii.gz, .nii or .dcm")
     volume = read_image(args.image)
+    if suffix == ".dcm" and volume.meta.get("format") != "dicom":
+        raise WriteError(f"{args.output}: DICOM SEG needs a DICOM source; {args.image} is "
+                         f"{volume.meta.get('format') or 'not DICOM'} (write .nii.gz or .png)")
     k = _select_slice(volume, args.slice)
     image = volume.slice(k)
     for b in boxes:
@@ -140,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     for i in range(len(cands)):
         line = {
             "index": i,
-            "predicted_iou": round(float(cands.scores[i]), 4),
+            "predicted_iou": round(float(cands.scores[i]), 4)
+            if np.isfinite(cands.scores[i]) else None,
             "area_px": int(cands.masks[i].sum()),
             "selected": bool(i in chosen),
         }

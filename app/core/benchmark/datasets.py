@@ -140,6 +140,8 @@ def detect_layout(path: str | Path) -> str | None:
         try:
             meta = json.loads(js.read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            if not (_find_sub(p, _IMAGE_DIRS) and _find_sub(p, _MASK_DIRS)):
+                return "msd"  # its reader then names what is wrong with dataset.json
             meta = {}
         if isinstance(meta, dict):
             if "channel_names" in meta or "file_ending" in meta:
@@ -223,11 +225,46 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _read_dataset_json(root: Path) -> dict:
+    path = root / "dataset.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    if not isinstance(meta.get("labels", {}), dict):
+        raise DatasetError(f"{path}: 'labels' must be an object, got {meta['labels']!r:.60}")
+    return meta
+
+
+def _label_value(path: Path, value: object, name: object) -> int:
+    """An integer label value from dataset.json (``"1"``, ``1`` or ``1.0``), or DatasetError."""
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not np.isfinite(f) or f != int(f) or f < 0:
+        raise DatasetError(
+            f"{path}: label {name!r} has value {value!r}: expected a whole number >= 0"
+        )
+    return int(f)
+
+
 def _open_msd(root: Path) -> Dataset:
-    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-    labels = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
+    meta = _read_dataset_json(root)
+    js = root / "dataset.json"
+    labels = {_label_value(js, k, v): str(v) for k, v in meta.get("labels", {}).items()}
+    if not isinstance(meta.get("training"), list):
+        raise DatasetError(f"{js}: 'training' must be a list of {{image, label}} entries")
     cases, skipped = [], []
-    for entry in meta.get("training", []):
+    for i, entry in enumerate(meta.get("training", [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or \
+                not isinstance(entry.get("label"), str):
+            raise DatasetError(f"{js}: training entry {i} is not {{image: path, label: path}}: "
+                               f"{entry!r:.80}")
         img, lab = _rel(root, entry["image"]), _rel(root, entry["label"])
         if not img.is_file() or not lab.is_file():
             missing = img if not img.is_file() else lab
@@ -238,12 +275,13 @@ def _open_msd(root: Path) -> Dataset:
 
 
 def _open_nnunet(root: Path) -> Dataset:
-    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    meta = _read_dataset_json(root)
     ending = meta.get("file_ending", ".nii.gz")
     labels = {}
     for name, value in meta.get("labels", {}).items():
-        if isinstance(value, int | float):
-            labels[int(value)] = str(name)
+        if isinstance(value, list):
+            continue  # a region-based label (a union of values): not a task of its own
+        labels[_label_value(root / "dataset.json", value, name)] = str(name)
     cases, skipped = [], []
     lab_dir, img_dir = root / "labelsTr", root / "imagesTr"
     for lab in sorted(lab_dir.glob(f"*{ending}")):
@@ -272,13 +310,27 @@ def _spacing_table(root: Path) -> dict[str, tuple[float, float]]:
     out = {}
     try:
         with table.open(newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                size = row.get("pixel_size_mm") or row.get("spacing_mm")
+            for n, row in enumerate(csv.DictReader(fh), start=2):
+                column = "pixel_size_mm" if row.get("pixel_size_mm") else "spacing_mm"
+                size = (row.get(column) or "").strip()
                 name = row.get("image") or row.get("case")
-                if size and name:
-                    out[_stem(Path(name))] = (float(size), float(size))
-    except (OSError, ValueError, csv.Error):
-        return {}
+                if not (size and name):
+                    continue  # no value: that image's spacing is unknown (no HD95/NSD)
+                try:
+                    value = float(size)
+                except ValueError:
+                    value = float("nan")
+                if not (np.isfinite(value) and value > 0):
+                    # one bad value must not silently change any case's metrics
+                    raise DatasetError(
+                        f"{table}: row {n} ({name}): {column} {size!r} is not a positive "
+                        "finite number of mm; fix it, or leave it empty for unknown spacing"
+                    )
+                out[_stem(Path(name))] = (value, value)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{table}: not UTF-8 text") from None
+    except (OSError, csv.Error) as exc:
+        raise DatasetError(f"{table}: could not be read ({exc})") from None
     return out
 
 
@@ -336,6 +388,11 @@ def _scan_label_values(paths: list[Path], skipped: list[Skipped]) -> dict[int, s
         u = set(np.unique(arr).tolist())
         # 0/255 and 0/1 masks are one object (label 1), as read_labels maps 255 -> 1
         values.update({1} if u <= {0, 255} or u <= {0, 1} else {int(v) for v in u if v > 0})
+        if 255 in u and len(u - {0, 255}) > 0:
+            odd = sorted(int(v) for v in u if v > 0)
+            skipped.append(Skipped(str(p), f"mask values {odd}: 255 together with other labels "
+                                   "(a mixed or anti-aliased mask?); each value is evaluated "
+                                   "as a task of its own"))
     return {v: f"label{v}" for v in sorted(values)}
 
 

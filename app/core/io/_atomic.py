@@ -111,6 +111,8 @@ def atomic_output(
                 os.replace(tmp, out)
     except OSError as exc:
         if isinstance(exc, WriteError):
+            if str(tmp) in str(exc):  # a writer named the file it was given: name the target
+                raise WriteError(str(exc).replace(str(tmp), str(out))) from exc
             raise
         # the OS names the temporary file; the user only knows the target
         raise WriteError(describe_os_error(out, exc)) from exc

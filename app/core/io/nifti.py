@@ -8,6 +8,7 @@ and codes, bit for bit.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from app.core.errors import ReadError, WriteError
 from app.core.image import Volume, Window
+from app.core.io._atomic import describe_os_error
 from app.core.io._geometry import (
     LPS_TO_RAS,
     ZYX_FROM_IJK,
@@ -25,6 +27,8 @@ from app.core.io._geometry import (
     zyx_to_ijk,
 )
 from app.core.io._validate import check_label_values
+
+log = logging.getLogger("samscope.io")
 
 __all__ = [
     "read_nifti",
@@ -213,6 +217,16 @@ def label_dtype(max_value: int) -> np.dtype:
     raise WriteError(f"label values up to {max_value} do not fit 16 bits")
 
 
+def _forms_finite(hdr) -> bool:
+    """Whether a NIfTI header's qform and sform (where set) are finite."""
+    try:
+        q = hdr.get_qform(coded=True)[0]
+        sf = hdr.get_sform(coded=True)[0]
+    except Exception:  # noqa: BLE001 - nibabel raises several types for broken quaternions
+        return False
+    return all(m is None or bool(np.isfinite(m).all()) for m in (q, sf))
+
+
 def _nifti_on_grid(data: np.ndarray, reference: Volume):
     """A Nifti1Image of ``data`` (i, j, k order) on ``reference``'s grid.
 
@@ -222,6 +236,16 @@ def _nifti_on_grid(data: np.ndarray, reference: Volume):
     import nibabel as nib
 
     src_hdr = reference.meta.get("nifti_header")
+    if src_hdr is not None and not _forms_finite(src_hdr):
+        # a source whose affine is NaN/inf (read as "spacing unknown"): nibabel refuses to
+        # write those forms, so the output gets the unit grid the viewer showed, coded
+        # "unknown" (0) so that no reader takes it for real geometry
+        log.warning("%s: the source's affine is not finite; written with unit spacing and "
+                    "no orientation (qform/sform code 0)", reference.source or "image")
+        img = nib.Nifti1Image(data, lps_zyx_to_ras_ijk(reference.affine_lps))
+        img.set_qform(None, code=0)
+        img.set_sform(lps_zyx_to_ras_ijk(reference.affine_lps), code=0)
+        return img
     if src_hdr is not None and tuple(src_hdr.get_data_shape()[:3]) == data.shape[:3]:
         img = nib.Nifti1Image(data, None)
         qform, qcode = src_hdr.get_qform(coded=True)
@@ -260,7 +284,7 @@ def write_nifti_labels(tmp_path: Path, labels: np.ndarray, reference: Volume) ->
     try:
         nib.save(img, str(tmp_path))
     except OSError as exc:
-        raise WriteError(f"{tmp_path}: could not be written ({exc})") from exc
+        raise WriteError(describe_os_error(tmp_path, exc)) from exc
 
 
 # --- NRRD ---------------------------------------------------------------------------------
@@ -389,7 +413,7 @@ def write_nifti_image(tmp_path: Path, volume: Volume) -> None:
     try:
         nib.save(img, str(tmp_path))
     except OSError as exc:
-        raise WriteError(f"{tmp_path}: could not be written ({exc})") from exc
+        raise WriteError(describe_os_error(tmp_path, exc)) from exc
 
 
 def write_nrrd_image(tmp_path: Path, volume: Volume) -> None:
@@ -412,4 +436,4 @@ def write_nrrd_image(tmp_path: Path, volume: Volume) -> None:
     try:
         nrrd.write(str(tmp_path), np.ascontiguousarray(data), header, index_order="F")
     except OSError as exc:
-        raise WriteError(f"{tmp_path}: could not be written ({exc})") from exc
+        raise WriteError(describe_os_error(tmp_path, exc)) from exc
