@@ -227,15 +227,14 @@ def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointRefusedError(
             f"checkpoint {path} was refused: it holds pickled objects that are not plain "
-            f"tensors and could run code when loaded ({first}); only weights-only "
-            f"checkpoints are accepted"
+            f"tensors and could run code when loaded ({_unpickler_reason(exc)}); only "
+            "weights-only checkpoints are accepted: ask its author for a state dict of tensors"
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated/garbled files fail in many ways
         raise CheckpointRefusedError(f"checkpoint {path} could not be read as a PyTorch "
-                                     f"checkpoint: {exc}") from None
+                                     f"checkpoint: {_unpickler_reason(exc)}") from None
     state = _unwrap(obj)
     if not isinstance(state, dict) or not state:
         raise CheckpointRefusedError(
@@ -244,3 +243,19 @@ def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if all(isinstance(k, str) and k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The cause torch gives, without its advice to load with ``weights_only=False``.
+
+    That advice would run the file's code; a user must never be told to follow it.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "WeightsUnpickler error" in ln:
+            return ln.split("WeightsUnpickler error:", 1)[-1].strip().rstrip(".")[:200]
+    keep = [ln for ln in lines if "weights_only" not in ln and "trust" not in ln.lower()
+            and "can still be loaded" not in ln and "add_safe_globals" not in ln
+            and "safe_globals" not in ln and not ln.startswith("(")
+            and "docs" not in ln and "pytorch.org" not in ln]
+    return (keep[0][:200] if keep else type(exc).__name__)

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -354,15 +355,36 @@ def load_finetuned(path: str | os.PathLike, *, device: str | None = None,
     CheckpointMissingError
         No manifest or weights file.
     CheckpointRefusedError
-        Wrong SHA-256, pickled code, or tensors that do not fit the base model.
+        Wrong SHA-256, pickled code, tensors that do not fit the base model, or a base
+        model that leads back to this folder.
     """
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    key = str(folder.resolve())
+    loading = _LOADING.__dict__.setdefault("folders", [])
+    if key in loading:
+        chain = " -> ".join([*loading[loading.index(key):], key])
+        raise CheckpointRefusedError(
+            f"{folder / MANIFEST_NAME}: its base model {manifest.get('base_model')!r} leads back "
+            f"to this folder ({chain}); a fine-tuned model's base must be a registry model")
+    loading.append(key)
+    try:
+        return _load_finetuned(folder, manifest, device=device, precision=precision, name=name)
+    finally:
+        loading.remove(key)
+
+
+#: folders being loaded by this thread (a manifest naming itself as base would recurse)
+_LOADING = threading.local()
+
+
+def _load_finetuned(folder: Path, manifest: dict[str, Any], *, device: str | None,
+                    precision: str, name: str | None) -> PromptableModel:
     import torch
 
     from app.core.models.checkpoints import load_state_dict, sha256_file
     from app.core.models.registry import load_model
 
-    folder = Path(path)
-    manifest = read_manifest(folder)
     weights = folder / manifest["weights_file"]
     if not weights.is_file():
         raise CheckpointMissingError(f"{weights} is missing (named by {folder / MANIFEST_NAME})")
