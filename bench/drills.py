@@ -239,13 +239,14 @@ def disk_full_drill(data: Path, tmp: Path, cases: int, seed: int, ref: Path) -> 
         return None
     mnt = tmp / "small_disk"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)]).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
         print("disk-full drill: skipped (mount failed)")
         return None
     try:
         out = mnt / "run"
         filler = mnt / "filler"
-        filler.write_bytes(b"\0" * 300_000)
+        # leave ~200 kB: the run (~100 kB of rows, a 4 kB page per mask PNG) fills it mid-way
+        filler.write_bytes(b"\0" * (2 * 1024 * 1024 - 200_000))
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         full = subprocess.run(cli(data, out, cases, seed), capture_output=True, text=True,
                               env=env, timeout=600)

@@ -757,6 +757,7 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
                         embedding_stats=stats, skipped=len(run.skipped))
         if error is not None and not isinstance(error, GeneratorExit | KeyboardInterrupt):
             manifest["error"] = str(error)
+        manifest["status"] = "interrupted" if status == "complete" else status
         try:
             _write_skipped(out, run.skipped)
             if status == "complete":

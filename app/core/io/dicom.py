@@ -280,13 +280,18 @@ def _decode(ds, path: Path, frame: int | None = None) -> np.ndarray:
             f"{path}: the header claims {need / 2**30:.1f} GiB of pixels "
             f"({_get(ds, 'Rows')}x{_get(ds, 'Columns')}, {_n_frames(ds)} frames); damaged header?"
         )
+    ts_uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    # RLE Lossless goes to pydicom's own decoder: the Rust one (pylibjpeg-rle) panics on
+    # damaged data and its panic hook prints a long backtrace on stderr (RUST_BACKTRACE=1)
+    # before Python sees the error
+    plugin = {"decoding_plugin": "pydicom"} if str(ts_uid) == _RLE_LOSSLESS else {}
     try:
-        if frame is None:
+        if frame is None and not plugin:
             arr = ds.pixel_array
         else:
             from pydicom.pixels import pixel_array
 
-            arr = pixel_array(ds, index=frame)
+            arr = pixel_array(ds, index=frame, **plugin)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - decoders raise many types; the Rust RLE
@@ -300,6 +305,10 @@ def _decode(ds, path: Path, frame: int | None = None) -> np.ndarray:
     if arr.size == 0:
         raise ReadError(f"{path}: the DICOM pixel data is empty")
     return arr
+
+
+#: Transfer Syntax UID of RLE Lossless
+_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 
 def _float(value, default: float) -> float:
