@@ -7,9 +7,12 @@ per model and reused by every mode, click and selection.
 
 Both runs go through the same runner, prompts and metrics, so the results must be identical;
 the script checks that and prints wall time, prompt calls per second and the speed-up.
+SAMScope's way is then run once per inference backend (``--backends torch,onnx``): prompts/s
+for each, the ratio to the first, and how far the per-prompt IoUs moved (they must not).
 
     python bench/benchmark.py                     # LiteMedSAM on CPU, 2 US + 2 CXR images
-    python bench/benchmark.py --cases 4 --device cuda
+    python bench/benchmark.py --cases 4 --device cuda --backends torch
+    python bench/benchmark.py --no-naive          # only the backends
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def main() -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--cases", type=int, default=2, help="cases per dataset")
     ap.add_argument("--clicks", type=int, default=3)
+    ap.add_argument("--backends", default="torch,onnx",
+                    help="comma-separated inference backends for SAMScope's way")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive run")
     args = ap.parse_args()
 
     import pandas as pd
@@ -62,10 +68,13 @@ def main() -> int:
     from app.core.methods.sam_family import SamFamilyMethod
     from app.core.models.registry import load_model
 
-    model = load_model(args.model, device=args.device)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    models = {b: load_model(args.model, device=args.device, backend=b) for b in backends}
+    model = models[backends[0]]
     print(f"model {args.model} on {getattr(model, 'device', '?')}; data {args.data}; "
-          f"{args.cases} cases per dataset; modes 1-5 + paper protocol, {args.clicks} clicks")
-    # warm-up (first call builds kernels / allocates)
+          f"{args.cases} cases per dataset; modes 1-5 + paper protocol, {args.clicks} clicks; "
+          f"backends {', '.join(backends)}")
+    # warm-up (first call builds kernels / allocates; the onnx backend exports or finds graphs)
     from app.core.benchmark.datasets import discover, iter_images
 
     first = discover(args.data).datasets[0]
@@ -75,17 +84,22 @@ def main() -> int:
     from app.core.prompts import mode_prompts
 
     warm = mode_prompts(next(iter(sample.masks.values())), 5, np.random.default_rng(0))
-    model.predict(model.embed(sample.image), warm.prompts[0])
+    for m in models.values():
+        m.predict(m.embed(sample.image), warm.prompts[0])
 
+    ways = ([] if args.no_naive else [("naive", backends[0])]) + [
+        (f"samscope[{b}]", b) for b in backends]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for way in ("naive", "samscope"):
+        for way, backend in ways:
+            m = models[backend]
             if way == "naive":
-                method = NaiveMethod(model)
+                method = NaiveMethod(m)
             else:
-                method = SamFamilyMethod(args.model, engine=Engine(model))
+                method = SamFamilyMethod(args.model, engine=Engine(m, store=False))
             plan = BenchmarkPlan(
-                data=args.data, out_dir=Path(tmp) / way, methods=(args.model,),
+                data=args.data, out_dir=Path(tmp) / way.replace("[", "_").strip("]"),
+                methods=(args.model,),
                 modes=(1, 2, 3, 4, 5), protocols=("paper",), clicks=args.clicks,
                 max_cases=args.cases, seed=0, save_masks=False,
                 prebuilt_methods={args.model: method},
@@ -98,15 +112,29 @@ def main() -> int:
                 "n_calls"].sum())
             embeds = method.embeddings if way == "naive" else method.engine.stats.embeddings_computed
             results[way] = (wall, calls, embeds, df)
-            print(f"{way:9s} {wall:8.1f} s  {calls} prompt calls  {embeds} embeddings  "
+            print(f"{way:16s} {wall:8.1f} s  {calls} prompt calls  {embeds} embeddings  "
                   f"{calls / wall:6.2f} prompts/s")
-    (tn, _, _, dn), (ts, _, _, ds) = results["naive"], results["samscope"]
     key = ["dataset", "case", "protocol", "click", "selection"]
-    same = dn.sort_values(key)["iou"].to_numpy()
-    same = np.array_equal(same, ds.sort_values(key)["iou"].to_numpy())
-    print(f"speed-up {tn / ts:.2f}x  (identical IoUs: {same})")
+    ref_way = f"samscope[{backends[0]}]"
+    ts, _, _, ds = results[ref_way]
+    ok = True
+    if "naive" in results:
+        tn, _, _, dn = results["naive"]
+        same = np.array_equal(dn.sort_values(key)["iou"].to_numpy(),
+                              ds.sort_values(key)["iou"].to_numpy())
+        ok &= bool(same)
+        print(f"speed-up of caching {tn / ts:.2f}x  (identical IoUs: {same})")
+    for b in backends[1:]:
+        tb, calls, _, db = results[f"samscope[{b}]"]
+        a = ds.sort_values(key)["iou"].to_numpy()
+        c = db.sort_values(key)["iou"].to_numpy()
+        moved = float(np.nanmax(np.abs(a - c))) if len(a) == len(c) else float("inf")
+        mean_a, mean_c = float(np.nanmean(a)), float(np.nanmean(c))
+        ok &= moved <= 0.01
+        print(f"{b} vs {backends[0]}: prompts/s x{ts / tb:.2f}; mean IoU {mean_a:.4f} vs "
+              f"{mean_c:.4f}, largest per-prompt IoU change {moved:.4f}")
     print(pd.Series({"images": ds["case"].nunique(), "rows": len(ds)}).to_string())
-    return 0 if same else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
