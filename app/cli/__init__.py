@@ -23,6 +23,8 @@ _COMMAND_MODULES = (
     "app.cli.io",
     "app.cli.benchmark",
     "app.cli.finetune",
+    "app.cli.replay",
+    "app.cli.embed",
 )
 
 EXIT_USAGE_OR_INPUT = 2

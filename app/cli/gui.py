@@ -91,23 +91,25 @@ def self_test(screenshot: str | None = None, timeout_s: float = 180.0,
 
     win = create_main_window(show=True)
     app = QApplication.instance()
-    dock = win.segment_dock
+    c = win.segment_dock.controller
     result: dict = {"self_test": "failed", "sample": sample}
     try:
-        win.qt_window.resize(1500, 950)
-        dock.open_sample(sample)
-        _wait(app, lambda: dock.session is not None and dock.truth_mask() is not None,
-              timeout_s, "the sample to open")
-        _wait(app, lambda: dock.engine is not None, timeout_s, "the model to load")
-        truth = dock.truth_mask()
+        # the window as it opens: no resize, so the screenshot shows what a user gets
+        c.open_sample(sample)
+        _wait(app, lambda: c.session is not None and c.truth is not None, timeout_s,
+              "the sample to open")
+        _wait(app, lambda: c.engine is not None, timeout_s, "the model to load")
+        truth = c.truth_mask()
         box = coords.mask_to_box_xyxy(truth)
-        dock.set_box(box)
-        _wait(app, lambda: dock.candidates is not None, timeout_s, "the candidates")
-        label = int(dock.label_spin.value())
-        if not dock.accept():
+        c.set_box(box)
+        _wait(app, lambda: c.candidate_set is not None, timeout_s, "the candidates")
+        answered_by = c.candidate_set.answered_by
+        obj = c.accept()
+        if obj is None:
             raise RuntimeError("self-test: accepting the candidate changed nothing")
         app.processEvents()
-        accepted = dock.session.labels[0] == label
+        label = obj.label
+        accepted = c.labels[0] == label
         inter = float(np.logical_and(accepted, truth).sum())
         union = float(np.logical_or(accepted, truth).sum())
         iou = inter / union if union else 0.0
@@ -116,8 +118,9 @@ def self_test(screenshot: str | None = None, timeout_s: float = 180.0,
         box_mask[y0 : y1 + 1, x0 : x1 + 1] = True
         box_fill = float(np.logical_and(accepted, box_mask).sum()
                          / max(np.logical_or(accepted, box_mask).sum(), 1))
-        result.update(iou=round(iou, 4), box_fill=round(box_fill, 4), model=dock.model_name,
-                      latency_ms=round(1000 * (dock.last_latency_s or 0), 1),
+        result.update(iou=round(iou, 4), box_fill=round(box_fill, 4), model=c.identity.name,
+                      answered_by=answered_by,
+                      latency_ms=round(1000 * (c.latencies_s[-1] if c.latencies_s else 0), 1),
                       mask_px=int(accepted.sum()), truth_px=int(truth.sum()))
         if screenshot:
             for _ in range(10):
@@ -137,6 +140,7 @@ def self_test(screenshot: str | None = None, timeout_s: float = 180.0,
         result["seconds"] = round(time.perf_counter() - t0, 2)
         print(json.dumps(result), flush=True)
         try:
+            c.discard_unsaved()  # the self-test's own object is not the user's work
             win.close()
         except Exception:  # noqa: BLE001
             pass

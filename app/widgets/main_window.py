@@ -6,7 +6,19 @@ it too. The same two docks reach plain napari users through the plugin manifest.
 
 from __future__ import annotations
 
-__all__ = ["create_main_window", "MainWindow", "raise_dock"]
+__all__ = ["create_main_window", "MainWindow", "raise_dock", "fit_to_screen"]
+
+
+def fit_to_screen(qt_window, fraction: float = 0.92) -> None:
+    """Open at ``fraction`` of the screen's available area, centred: napari's remembered
+    size of a first launch (about 1089x700) leaves the image a strip beside the docks."""
+    screen = qt_window.screen() if hasattr(qt_window, "screen") else None
+    if screen is None:
+        return
+    area = screen.availableGeometry()
+    w, h = int(area.width() * fraction), int(area.height() * fraction)
+    qt_window.resize(w, h)
+    qt_window.move(area.x() + (area.width() - w) // 2, area.y() + (area.height() - h) // 2)
 
 
 def raise_dock(widget) -> None:
@@ -58,6 +70,7 @@ def create_main_window(image_path=None, *, viewer=None, show: bool = True,
 
     if viewer is None:
         viewer = napari.Viewer(title="SAMScope", show=show)
+        fit_to_screen(viewer.window._qt_window)
     else:
         viewer.title = "SAMScope"
     seg = SegmentDock(viewer)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from qtpy.QtCore import QEvent, QObject, Qt, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QGuiApplication
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -113,6 +113,7 @@ class SegmentDock(QWidget):
                 break
         self.load_model(self.model_combo.currentData() or AUTO_MODEL)
         recovery.prune_logs()
+        QTimer.singleShot(0, self._install_close_guard)  # after napari has docked us
 
     # convenient read-only views for scripts and tests
     @property
@@ -314,6 +315,10 @@ class SegmentDock(QWidget):
 
     def showEvent(self, event):  # noqa: N802 - Qt override
         super().showEvent(event)
+        self._install_close_guard()
+
+    def _install_close_guard(self) -> None:
+        """Watch the main window's close (once the dock sits in it)."""
         if self._close_guard is None and self.window() is not self:
             self._close_guard = _CloseGuard(self)
             self.window().installEventFilter(self._close_guard)
@@ -379,6 +384,11 @@ class SegmentDock(QWidget):
         if volume is None:
             self.image_info.setText("No image open.")
             return
+        b = self.binding  # its layers exist: it heard image_changed first
+        for layer in (b.image_layer, b.points_layer, b.box_layer, b.preview_layer,
+                      b.labels_layer):
+            if layer is not None:
+                self._bind_keys(layer)  # a layer's own keys (Enter, 1/2/3) would win otherwise
         self._fill_window_combo(volume)
         z, y, x = volume.shape
         spacing = "×".join(f"{s:.3g}" for s in volume.spacing_mm[(1 if volume.is_2d else 0):])

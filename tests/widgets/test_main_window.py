@@ -26,7 +26,7 @@ def test_main_window_has_title_and_both_docks(make_napari_viewer, monkeypatch, t
         assert isinstance(win.segment_dock, SegmentDock)
         assert isinstance(win.benchmark_dock, BenchmarkDock)
     finally:
-        win.segment_dock.engine_thread.shutdown(5)
+        win.segment_dock.scheduler.shutdown(5)
 
 
 def test_self_test_command_prints_iou_and_saves_screenshot(tmp_path):
@@ -50,32 +50,48 @@ def test_self_test_command_prints_iou_and_saves_screenshot(tmp_path):
 
 def test_recovery_is_offered_and_restored_after_a_crash(make_napari_viewer, qtbot, monkeypatch,
                                                         tmp_path):
+    """A session that ended without an export (here: recorded by a controller that stopped)
+    is offered at the next start; Restore reopens its image, puts the objects back as one
+    undo step and the next object gets a label past them (bug 2 of the controller issue)."""
+    from app.core import coords
+    from app.core.annotate import AnnotationController
+    from app.core.annotate.recovery import sessions_dir
     from app.core.io.samples import load_sample
-    from app.core.session import RecoveryStore
     from app.widgets.segment_dock import SegmentDock
 
     monkeypatch.setenv("SAMSCOPE_STATE_DIR", str(tmp_path))
     volume, truth = load_sample("ultrasound")
-    labels = (truth > 0).astype(np.uint16) * 3
-    store = RecoveryStore(tmp_path)
-    store.save(labels, volume.source)
-    meta = json.loads(store.json_path.read_text())
-    meta["pid"] = -1  # written by a process that is gone
-    store.json_path.write_text(json.dumps(meta))
+    head = truth[0] > 0
+    earlier = AnnotationController(log_dir=sessions_dir())
+    earlier.open(volume)
+    corner = np.zeros_like(head)
+    corner[:40, :40] = True
+    for mask in (head, corner, np.roll(corner, (480, 700), (0, 1))):  # objects 1, 2, 3
+        earlier.accept_mask(mask)
+    labels = earlier.labels.copy()
+    earlier.shutdown()
 
     dock = SegmentDock(make_napari_viewer())
     try:
         assert dock.recovery_box.isVisibleTo(dock)
         assert "006_HC.png" in dock.recovery_label.text()
-        dock.restore_recovery()
+        dock.restore_button.click()
         qtbot.waitUntil(lambda: dock.session is not None and dock.session.labels.any(),
                         timeout=60_000)
         np.testing.assert_array_equal(dock.session.labels, labels)
         assert not dock.recovery_box.isVisibleTo(dock)
-        dock.undo()  # restoring is itself undoable
+        assert dock.label_spin.value() == 4 and dock.controller.next_label == 4
+        qtbot.waitUntil(lambda: dock.engine is not None, timeout=120_000)
+        dock.controller.set_box(coords.mask_to_box_xyxy(head))
+        qtbot.waitUntil(lambda: dock.controller.candidate_set is not None, timeout=60_000)
+        assert dock.accept() and 4 in dock.controller.object_labels()
+        dock.controller.undo()
+        dock.controller.undo()
+        dock.controller.undo()  # restoring is itself undoable
         assert not dock.session.labels.any()
     finally:
-        dock.engine_thread.shutdown(5)
+        dock.controller.discard_unsaved()
+        dock.scheduler.shutdown(5)
 
 
 def test_samscope_with_a_path_opens_it_in_the_app(monkeypatch):

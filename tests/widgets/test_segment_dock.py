@@ -1,16 +1,18 @@
-"""The Segment dock in a real napari viewer (run under ``xvfb-run``), with the real LiteMedSAM
-on the bundled samples: box → candidates → accept, undo/redo by keys, hints, propagation, and
-a click stream during an embedding that must keep the event loop responsive."""
+"""The Segment dock in a real napari viewer (run under ``xvfb-run``), with the real models on the
+bundled samples, driven the way a user drives it: boxes dragged and points clicked through the
+layers' own mouse modes, keys pressed through the window, files opened through the reader,
+dialogs answered with their buttons. Then we check what the user sees and what lands on disk."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 from app.core import coords
-from app.core.session import box_from_mask
+from app.core.annotate.session import box_from_mask
 
 pytestmark = pytest.mark.gui
 
@@ -29,12 +31,13 @@ def dock(make_napari_viewer, qtbot, monkeypatch, tmp_path):
     viewer.window.add_dock_widget(d, name="Segment")
     qtbot.waitUntil(lambda: d.engine is not None, timeout=120_000)
     yield d
-    d.engine_thread.shutdown(5)
+    d.controller.discard_unsaved()  # let the viewer close without asking
+    d.scheduler.shutdown(5)
 
 
 def _open(dock, qtbot, sample):
     dock.open_sample(sample)
-    qtbot.waitUntil(lambda: dock.session is not None and dock.truth_mask() is not None,
+    qtbot.waitUntil(lambda: dock.session is not None and dock.controller.truth is not None,
                     timeout=60_000)
 
 
@@ -42,126 +45,242 @@ def _press(dock, key):
     dock.viewer.window._qt_viewer._key_map_handler.press_key(key)
 
 
-def test_box_candidates_accept_undo_redo(dock, qtbot, tmp_path):
+# --- the mouse, through the layers' own modes (napari's mouse callbacks) -------------------
+@dataclass
+class _MouseEvent:
+    type: str
+    position: tuple
+    is_dragging: bool = False
+    modifiers: list = field(default_factory=list)
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    view_direction: list | None = None
+    up_direction: list | None = None
+    dims_displayed: list = field(default_factory=lambda: [0, 1])
+    button: int = 1
+    handled: bool = False
+
+
+def _event(**kw):
+    from napari.utils._proxies import ReadOnlyWrapper
+
+    return ReadOnlyWrapper(_MouseEvent(**kw), exceptions=("handled",))
+
+
+def _world(layer, rc, z=None):
+    data = [float(v) for v in rc] if z is None else [float(z), *map(float, rc)]
+    return tuple(float(v) for v in layer.data_to_world(data))
+
+
+def mouse_click(layer, rc, z=None):
+    """A left click at data (row, col) on ``layer`` in its current mode."""
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    pos = _world(layer, rc, z)
+    mouse_press_callbacks(layer, _event(type="mouse_press", position=pos))
+    mouse_release_callbacks(layer, _event(type="mouse_release", position=pos))
+
+
+def mouse_drag(layer, rc0, rc1, z=None):
+    """Press at data (row, col) ``rc0``, drag to ``rc1``, release (drawing a rectangle)."""
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    p0, p1 = _world(layer, rc0, z), _world(layer, rc1, z)
+    mouse_press_callbacks(layer, _event(type="mouse_press", position=p0))
+    for t in np.linspace(0.2, 1.0, 5):
+        pos = tuple(a + (b - a) * t for a, b in zip(p0, p1))
+        mouse_move_callbacks(layer, _event(type="mouse_move", position=pos, is_dragging=True))
+    mouse_release_callbacks(layer, _event(type="mouse_release", position=p1, is_dragging=True))
+
+
+def _drag_box(dock, box_xyxy, z=None):
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    dock.box_button.click()
+    mouse_drag(dock.binding.box_layer, (y0, x0), (y1, x1), z)
+
+
+def _click(dock, row, col, z=None):
+    dock.point_button.click()
+    mouse_click(dock.binding.points_layer, (row, col), z)
+
+
+def _wait_candidates(dock, qtbot, with_points=None):
+    c = dock.controller
+
+    def ready():
+        cs = c.candidate_set
+        return cs is not None and (with_points is None or cs.prompt.has_points == with_points)
+
+    qtbot.waitUntil(ready, timeout=60_000)
+    return c.candidate_set
+
+
+def test_mouse_clicks_stay_object_clicks_after_accept_undo_and_clear(dock, qtbot):
+    """Bug 1 of the annotation-controller issue: after the first Accept, Undo or Clear, a
+    mouse click came out red (background) although 'Background clicks' was unticked."""
     _open(dock, qtbot, "ultrasound")
-    truth = dock.truth_mask()
-    box = coords.mask_to_box_xyxy(truth)
-    dock.set_box(box)
-    qtbot.waitUntil(lambda: dock.candidates is not None, timeout=60_000)
-    # LiteMedSAM: one usable mask, and the dock says why
-    assert dock.candidates_widget.count == 1
-    assert "one usable mask" in dock.candidates_widget.note.text()
-    (iou_live, dice_live), = dock.candidates_widget.truth_scores()
-    assert "IoU" in dock.candidates_widget.tiles[0].truth.text()
-    _press(dock, "1")
+    c = dock.controller
+    truth = c.truth[0] > 0
+    rows, cols = np.nonzero(truth)
+    r, q = float(np.median(rows)), float(np.median(cols))
+    _drag_box(dock, coords.mask_to_box_xyxy(truth))
+    cs = _wait_candidates(dock, qtbot)
+    assert cs.answered_by == "LiteMedSAM"  # boxes go to the box model
+    assert c.prompts.box(0) is not None and len(dock.binding.box_layer.data) == 1
     _press(dock, "Enter")
-    accepted = dock.session.labels[0] == 1
-    # measured: 0.688 (the model keeps inside the skull; the annotation is the outer ellipse)
-    assert _iou(accepted, truth) > 0.6
-    assert abs(_iou(accepted, truth) - iou_live) < 1e-6 and dice_live > 0.75
-    # not just the box filled in
-    x0, y0, x1, y1 = box.astype(int)
-    box_mask = np.zeros_like(truth)
-    box_mask[y0 : y1 + 1, x0 : x1 + 1] = True
-    assert _iou(accepted, box_mask) < 0.9
-    # prompts cleared, next label proposed
-    assert len(dock.box_layer.data) == 0 and dock.label_spin.value() == 2
-    after = dock.session.labels.copy()
-    _press(dock, "Control-Z")
-    assert not dock.session.labels.any()
-    assert len(dock.box_layer.data) == 1  # the undone accept gives its prompt back
-    _press(dock, "Control-Shift-Z")
-    np.testing.assert_array_equal(dock.session.labels, after)
-    assert len(dock.box_layer.data) == 0
-    assert dock.labels_layer.data[accepted].min() == 1  # the layer shows the session's map
-    # accepted labels are autosaved for crash recovery
-    from app.core.session import RecoveryStore
+    qtbot.wait(20)  # the layers are redrawn on the next event-loop turn
+    assert c.labels.any() and len(dock.binding.box_layer.data) == 0
 
-    store = RecoveryStore(tmp_path / "state")
-    qtbot.waitUntil(lambda: store.npz_path.is_file(), timeout=10_000)
-    np.testing.assert_array_equal(store.load(), after)
+    def clicked_signs():
+        qtbot.wait(20)  # the binding redraws on the next event-loop turn
+        layer = dock.binding.points_layer
+        green = [bool(np.allclose(fc[:3], [0.1, 0.95, 0.2], atol=0.02)) for fc in
+                 layer.face_color]
+        return c.prompt().point_labels.tolist() if c.prompt() else [], green
 
-    # refine the accepted object: its box comes back, its logits are fed to the model, and
-    # the next accept replaces label 1 instead of adding a new object
-    dock.label_spin.setValue(1)
-    dock.refine()
-    assert len(dock.box_layer.data) == 1
-    qtbot.waitUntil(lambda: dock.candidates is not None, timeout=60_000)
-    assert dock.candidates_prompt.mask_logits is not None
-    assert dock.accept()
-    refined = dock.session.labels[0] == 1
-    assert set(np.unique(dock.session.labels)) == {0, 1}
-    # measured: 0.599 vs the truth; the same object, not a new one
-    assert _iou(refined, truth) > 0.5 and _iou(refined, accepted) > 0.8
-    dock.undo()
-    np.testing.assert_array_equal(dock.session.labels, after)
+    _click(dock, r, q)
+    assert clicked_signs() == ([1], [True])
+    cs = _wait_candidates(dock, qtbot, with_points=True)
+    assert cs.answered_by == "LiteMedSAM (points)" and len(cs.shown) == 3
+    _press(dock, "Escape")  # clear
+    _click(dock, r, q)
+    assert clicked_signs() == ([1], [True])
+    _press(dock, "Control-Z")  # the click
+    _press(dock, "Control-Z")  # the clear: the first click is back
+    _click(dock, r + 5, q)
+    assert clicked_signs() == ([1, 1], [True, True])
+    _press(dock, "N")  # background clicks on
+    assert dock.negative_check.isChecked()
+    _click(dock, 5, 5)
+    assert clicked_signs() == ([1, 1, 0], [True, True, False])
+    _press(dock, "N")
+    _click(dock, r, q + 5)
+    assert clicked_signs()[0] == [1, 1, 0, 1]
+    # the candidates on screen answer these clicks, scored against the ground truth
+    cs = _wait_candidates(dock, qtbot, with_points=True)
+    qtbot.waitUntil(lambda: len(c.candidate_set.prompt.points_xy) == 4, timeout=60_000)
+    assert max(iou for iou, _ in c.truth_scores()) > 0.8  # measured 0.90
+    assert "IoU" in dock.candidates_widget.tiles[0].truth.text()
 
 
-def test_point_only_prompt_to_box_model_gets_a_hint(dock, qtbot):
+def _answer_dialog(qtbot, button):
+    """Press ``button`` of the message box that is about to open (it is modal)."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    seen = {}
+
+    def press():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, press)
+            return
+        seen["text"] = box.text() + " " + box.informativeText()
+        box.button(button).click()
+
+    QTimer.singleShot(20, press)
+    return seen
+
+
+def test_opening_another_image_with_unexported_labels_asks(dock, qtbot, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
     _open(dock, qtbot, "ultrasound")
-    rows, cols = np.nonzero(dock.truth_mask())
-    dock.add_point(float(np.median(rows)), float(np.median(cols)))
-    qtbot.waitUntil(lambda: "box" in dock.hint.text().lower(), timeout=5_000)
-    assert dock.points_layer.features["positive"].tolist() == [True]
-    qtbot.waitUntil(lambda: dock.candidates is not None, timeout=60_000)
-    assert "box" in dock.hint.text().lower()
-    # background clicks: by the toggle (or Alt/Ctrl-click), red, label 0 in the prompt
-    dock.negative_check.setChecked(True)
-    dock.points_layer.add([[5.0, 5.0]])
-    assert dock.points_layer.features["positive"].tolist() == [True, False]
-    np.testing.assert_allclose(dock.points_layer.face_color[1], [1.0, 0.15, 0.15, 1.0])
-    assert dock.prompt_for_slice(0).point_labels.tolist() == [1, 0]
+    c = dock.controller
+    _drag_box(dock, coords.mask_to_box_xyxy(c.truth[0] > 0))
+    _wait_candidates(dock, qtbot)
+    _press(dock, "Enter")
+    accepted = c.labels.copy()
+    image = c.volume
+    # Cancel: the ultrasound and its labels stay
+    seen = _answer_dialog(qtbot, QMessageBox.StandardButton.Cancel)
+    dock.sample_ct_button.click()
+    assert "not exported" in seen["text"] and "006_HC.png" in seen["text"]
+    qtbot.wait(200)
+    assert c.volume is image and np.array_equal(c.labels, accepted)
+    # Save: the export dialog opens, the file is written, then the CT opens
+    out = tmp_path / "head.png"
+    monkeypatch.setattr("qtpy.QtWidgets.QFileDialog.getSaveFileName",
+                        lambda *a, **k: (str(out), "PNG mask (*.png)"))
+    _answer_dialog(qtbot, QMessageBox.StandardButton.Save)
+    dock.sample_ct_button.click()
+    qtbot.waitUntil(lambda: c.volume is not image and c.volume.n_slices == 3, timeout=60_000)
+    from app.core.io import read_labels
+
+    np.testing.assert_array_equal(read_labels(out, image)[0] > 0, accepted[0] > 0)
+    # the old image's layers are gone
+    names = [layer.name for layer in dock.viewer.layers]
+    assert "006_HC.png" not in names and names.count("ground truth") == 1
+
+
+def test_quit_with_unexported_labels_asks_and_cancel_keeps_the_window(dock, qtbot):
+    from qtpy.QtWidgets import QMessageBox
+
+    _open(dock, qtbot, "ultrasound")
+    _drag_box(dock, coords.mask_to_box_xyxy(dock.controller.truth[0] > 0))
+    _wait_candidates(dock, qtbot)
+    _press(dock, "Enter")
+    window = dock.window()
+    assert window is not dock
+    window.show()
+    qtbot.waitUntil(window.isVisible, timeout=5_000)
+    seen = _answer_dialog(qtbot, QMessageBox.StandardButton.Cancel)
+    window.close()
+    qtbot.wait(100)
+    assert "quit" in seen["text"] and window.isVisible()
+    # the session log still holds the object: nothing was discarded
+    assert dock.controller.has_unsaved_work and dock.controller.log_path.is_file()
 
 
 def test_propagate_on_ct_volume_is_one_undo_step_and_exports(dock, qtbot, tmp_path):
     _open(dock, qtbot, "ct")
-    vol = dock.session.volume
+    c = dock.controller
+    vol = c.volume
     assert vol.n_slices == 3
-    gt = np.asarray(dock.viewer.layers[dock.gt_combo.currentText()].data) > 0
+    gt = c.truth > 0
     # neighbouring slices are embedded in the background, with progress
     qtbot.waitUntil(lambda: dock.engine.stats.cache_entries >= 3, timeout=60_000)
     assert "embeddings ready" in dock.task_progress.format()
     # a prompt on slice 0, then a slice change before its result: the result is dropped
     dock.viewer.dims.set_current_step(0, 0)
-    qtbot.waitUntil(lambda: dock.current_slice() == 0, timeout=5_000)
-    dock.set_box(box_from_mask(gt[0]))
-    qtbot.wait(1)
+    qtbot.waitUntil(lambda: c.z == 0, timeout=5_000)
+    _drag_box(dock, box_from_mask(gt[0]), z=0)
     dock.viewer.dims.set_current_step(0, 1)
-    qtbot.waitUntil(lambda: not dock.engine_thread.busy, timeout=60_000)
+    qtbot.waitUntil(lambda: c.z == 1 and not dock.engine_thread.busy, timeout=60_000)
     qtbot.wait(50)
-    assert dock.candidates is None
-    dock.clear_prompts()
-    dock.viewer.dims.set_current_step(0, 1)
-    qtbot.waitUntil(lambda: dock.current_slice() == 1, timeout=5_000)
-    dock.set_box(box_from_mask(gt[1]))
-    qtbot.waitUntil(lambda: dock.candidates is not None, timeout=60_000)
-    assert dock.accept()
-    assert _iou(dock.session.labels[1] == 1, gt[1]) > 0.75  # measured 0.84
-    assert not dock.session.labels[[0, 2]].any()
-    assert dock.propagate()
-    qtbot.waitUntil(lambda: not dock.task_running, timeout=120_000)
+    assert c.candidate_set is None
+    _drag_box(dock, box_from_mask(gt[1]), z=1)
+    _wait_candidates(dock, qtbot)
+    _press(dock, "Enter")
+    assert _iou(c.labels[1] == 1, gt[1]) > 0.75  # measured 0.84
+    assert not c.labels[[0, 2]].any()
+    dock.propagate_button.click()
+    qtbot.waitUntil(lambda: not c.task_running, timeout=120_000)
     for z in (0, 2):
         # measured 0.85 / 0.82 with the propagated box
-        assert _iou(dock.session.labels[z] == 1, gt[z]) > 0.7, z
-    # export with the source geometry, read back onto the same grid
+        assert _iou(c.labels[z] == 1, gt[z]) > 0.7, z
     from app.core.io import read_labels
 
-    labels = dock.session.labels.copy()
+    labels = c.labels.copy()
     for name in ("liver.nii.gz", "liver_seg.dcm"):
         out = dock.export_labels(tmp_path / name)
         assert out is not None and out.is_file(), dock.status.text()
-        back = read_labels(out, vol)
-        np.testing.assert_array_equal(back > 0, labels > 0)
-    dock.undo()
-    assert not dock.session.labels[[0, 2]].any() and dock.session.labels[1].any()
+        np.testing.assert_array_equal(read_labels(out, vol) > 0, labels > 0)
+    assert not c.has_unsaved_work
+    _press(dock, "Control-Z")
+    assert not c.labels[[0, 2]].any() and c.labels[1].any()
+    assert c.has_unsaved_work  # the exported state is gone again
 
 
 def test_click_stream_during_embedding_stays_responsive(dock, qtbot):
     from qtpy.QtCore import QTimer
 
     _open(dock, qtbot, "ultrasound")
-    truth = dock.truth_mask()
-    base = coords.mask_to_box_xyxy(truth)
+    c = dock.controller
+    base = coords.mask_to_box_xyxy(c.truth[0] > 0)
     dock.engine.clear_cache()  # the embedding is computed while the prompts stream in
     ticks: list[float] = []
     timer = QTimer()
@@ -170,23 +289,21 @@ def test_click_stream_during_embedding_stays_responsive(dock, qtbot):
     timer.start()
     boxes = [base + np.array([-d, -d, d, d], np.float32) for d in range(12, -1, -2)]
     for b in boxes:
-        dock.set_box(b)
+        _drag_box(dock, b)
         qtbot.wait(60)
     last = boxes[-1]
-    qtbot.waitUntil(lambda: dock.candidates is not None and
-                    np.array_equal(dock.candidates_prompt.box_xyxy, last), timeout=60_000)
+    qtbot.waitUntil(lambda: c.candidate_set is not None and
+                    np.allclose(c.candidate_set.prompt.box_xyxy, last), timeout=60_000)
     qtbot.waitUntil(lambda: not dock.engine_thread.busy, timeout=60_000)
     qtbot.wait(50)
     timer.stop()
     gaps = np.diff(ticks)
     assert len(ticks) > 50
     assert gaps.max() < 0.100, f"event loop stalled for {gaps.max() * 1000:.0f} ms"
-    # the result on screen is the last prompt's; overtaken ones were dropped, not shown
     stats = dock.engine_thread.stats
     assert stats["dropped_before_run"] + stats["dropped_after_run"] >= 1
-    expected = dock.session.predict(0, dock.candidates_prompt).masks[0]
-    np.testing.assert_array_equal(dock.selected_mask(), expected)
-    assert len(dock.box_layer.data) == 1  # one box per slice: new boxes replaced old ones
+    qtbot.wait(20)
+    assert len(dock.binding.box_layer.data) == 1  # one box per slice: new boxes replaced old
 
 
 def test_image_opened_through_napari_reader_is_adopted(dock, qtbot):
@@ -194,22 +311,22 @@ def test_image_opened_through_napari_reader_is_adopted(dock, qtbot):
     from app.core.io.samples import sample_path
 
     layers = dock.viewer.open(str(sample_path("ultrasound")), plugin="samscope")
-    qtbot.waitUntil(lambda: dock.image_layer is layers[0], timeout=10_000)
+    qtbot.waitUntil(lambda: dock.binding.image_layer is layers[0], timeout=10_000)
     assert dock.session.volume.shape == (1, 540, 800)
     assert dock.session.volume.source.endswith("006_HC.png")  # the reader's own Volume
-    assert dock.box_layer.mode == "add_rectangle"  # ready to draw
+    assert dock.binding.box_layer.mode == "add_rectangle"  # ready to draw
 
 
 def test_model_needing_a_download_offers_it(dock, qtbot):
     from app.core.models.registry import model_status
 
     idx = next((i for i in range(dock.model_combo.count())
-                if model_status(dock.model_combo.itemData(i)) == "not downloaded"), None)
+                if dock.model_combo.itemData(i) != "auto"
+                and model_status(dock.model_combo.itemData(i)) == "not downloaded"), None)
     if idx is None:
         pytest.skip("every model is on disk here")
     dock.model_combo.setCurrentIndex(idx)
     assert dock.download_button.isVisibleTo(dock)
     assert "MB" in dock.download_button.text()
     assert "needs a download" in dock.status.text()
-    assert "not downloaded" in dock.model_combo.itemText(idx) or \
-        "needs download" in dock.model_combo.itemText(idx)
+    assert "needs download" in dock.model_combo.itemText(idx)
