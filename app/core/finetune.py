@@ -627,12 +627,9 @@ class _Trainer:
         return seg_loss + iou_loss, true_iou
 
     def lowres_to_mask(self, emb: Embedding, logits_256) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            full = self.pre.logits_to_original(logits_256[None].detach(), emb.input_size,
-                                               emb.original_size)
-        return (full[0] > 0).cpu().numpy()
+        # the inference path's post-processing (Preprocessing.logits_to_masks), not a copy
+        low = logits_256.detach().float().cpu().numpy()[None]
+        return self.pre.logits_to_masks(low, emb.input_size, emb.original_size)[0]
 
 
 class _null:

@@ -170,6 +170,11 @@ def test_save_reload_predicts_identically(trained, tmp_path):
     manifest = read_manifest(out)
     assert manifest["weights_dtype"] == "float16" and manifest["weights_bytes"] < 10e6
     reloaded = load_finetuned(out, device="cpu")
+    # bit-identity is checked torch against torch (tests/core/models/test_backends.py checks
+    # the exported graphs of fine-tuned models against torch)
+    from app.core.models.backends import set_backend
+
+    set_backend(reloaded, "torch")
     assert reloaded.name == "test_ft" and reloaded.capabilities.meaningful_multimask
     emb = res.model.embed(samples[0].image)
     for prompt in (Prompt.from_points([[400, 270]]), Prompt.from_box([250, 120, 560, 420])):
