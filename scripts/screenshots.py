@@ -48,39 +48,39 @@ def main() -> int:
 
     from app.cli.gui import _wait
     from app.core import coords
-    from app.core.session import box_from_mask
+    from app.core.annotate.session import box_from_mask
     from app.widgets.main_window import create_main_window, raise_dock
 
-    win = create_main_window(show=True)
+    win = create_main_window(show=True)  # at the size it opens with: no resize
     app = QApplication.instance()
-    win.qt_window.resize(1600, 1000)
     seg, bench, viewer = win.segment_dock, win.benchmark_dock, win.viewer
+    c = seg.controller
 
     # 1. Segment dock: a box and its candidate, scored against the ground truth
-    seg.open_sample("ultrasound")
-    _wait(app, lambda: seg.session is not None and seg.truth_mask() is not None, 120, "sample")
-    _wait(app, lambda: seg.engine is not None, 120, "model")
-    seg.set_box(coords.mask_to_box_xyxy(seg.truth_mask()))
-    _wait(app, lambda: seg.candidates is not None, 120, "candidates")
+    c.open_sample("ultrasound")
+    _wait(app, lambda: c.session is not None and c.truth is not None, 120, "sample")
+    _wait(app, lambda: c.engine is not None, 120, "model")
+    head = c.truth_mask()
+    c.set_box(coords.mask_to_box_xyxy(head))
+    rows, cols = np.nonzero(head)
+    c.add_point(float(np.median(cols)), float(np.median(rows)))  # box + click: 3 candidates
+    _wait(app, lambda: c.candidate_set is not None and c.candidate_set.prompt.has_points, 120,
+          "candidates")
     _settle(app)
     viewer.screenshot(str(out / "segment_dock.png"), canvas_only=False)
     print("wrote", out / "segment_dock.png")
 
     # 2. Propagation on the CT sample
-    for layer in list(viewer.layers):
-        viewer.layers.remove(layer)
-    seg.open_sample("ct")
-    _wait(app, lambda: seg.session is not None and seg.session.volume.n_slices == 3
-          and seg.truth_mask() is not None, 120, "CT sample")
-    gt = np.asarray(viewer.layers[seg.gt_combo.currentText()].data) > 0
-    viewer.dims.set_current_step(0, 1)
-    _wait(app, lambda: seg.current_slice() == 1, 10, "slice 1")
-    seg.set_box(box_from_mask(gt[1]))
-    _wait(app, lambda: seg.candidates is not None, 120, "CT candidates")
-    seg.accept()
-    seg.propagate()
-    _wait(app, lambda: not seg.task_running, 180, "propagation")
-    seg.label_spin.setValue(1)
+    c.open_sample("ct", discard=True)
+    _wait(app, lambda: c.session is not None and c.volume.n_slices == 3
+          and c.truth is not None, 120, "CT sample")
+    gt = c.truth > 0
+    c.set_slice(1)
+    c.set_box(box_from_mask(gt[1]))
+    _wait(app, lambda: c.candidate_set is not None, 120, "CT candidates")
+    c.accept()
+    c.propagate()
+    _wait(app, lambda: not c.task_running, 180, "propagation")
     _settle(app)
     viewer.screenshot(str(out / "segment_propagate.png"), canvas_only=False)
     print("wrote", out / "segment_propagate.png")
@@ -109,6 +109,7 @@ def main() -> int:
     _settle(app, 1.0)
     viewer.screenshot(str(out / "benchmark_dock.png"), canvas_only=False)
     print("wrote", out / "benchmark_dock.png", f"({bench.status})")
+    c.discard_unsaved()
     win.close()
     return 0
 

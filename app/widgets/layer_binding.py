@@ -78,7 +78,7 @@ class LayerBinding:
         ev.window_changed.connect(self._on_window)
         ev.prompts_changed.connect(self._redraw.start)
         ev.candidates_changed.connect(self._on_candidates)
-        ev.selection_changed.connect(lambda _i: self._draw_preview())
+        ev.selection_changed.connect(lambda _i: self._draw_preview())  # follows a new set
         ev.labels_changed.connect(self._on_labels)
         ev.truth_changed.connect(self._on_truth)
         viewer.dims.events.current_step.connect(self._on_dims)
@@ -313,20 +313,50 @@ class LayerBinding:
             per_slice[z] = per_slice.get(z, 0) + 1
         layer = self.points_layer
         with layer.events.data.blocker():
-            if len(data) != len(layer.data) or not np.allclose(data, layer.data):
+            have = np.asarray(layer.data, float)
+            if len(data) == len(have) + 1 and np.allclose(data[:-1], have):
+                layer.add(data[-1:])  # one new click (from a script): append, no rebuild
+                layer.selected_data = set()
+            elif len(data) != len(have) or not np.allclose(data, have):
                 layer.data = data
                 layer.selected_data = set()
-            if len(data):
+            if len(data) and not np.allclose(layer.face_color, colours):
                 layer.face_color = colours
         # what the next click will be
         layer.current_face_color = "#19f233" if self.c.positive else "#ff2626"
-        boxes = store.all_boxes()
-        with self.box_layer.events.data.blocker():
-            self.box_layer.data = []
-            if boxes:
-                self.box_layer.add_rectangles(
-                    [self._with_z(z, coords.box_xyxy_to_rectangle(b)) for z, b in boxes])
-        self._drawn_boxes = [z for z, _ in boxes]
+        self._draw_boxes([(z, self._with_z(z, coords.box_xyxy_to_rectangle(b)))
+                          for z, b in store.all_boxes()])
+
+    def _draw_boxes(self, wanted: list[tuple[int, np.ndarray]]) -> None:
+        """Make the box layer hold exactly ``wanted`` rectangles, touching as little as
+        possible: a new drag usually only needs the slice's older rectangle removed."""
+        layer = self.box_layer
+        have = [np.asarray(v, float) for v in layer.data]
+
+        def same(a, b):
+            return a.shape == b.shape and np.allclose(a, b, atol=1e-3)
+
+        keep: list[int] = []
+        for _, rect in wanted:
+            hit = next((i for i, v in enumerate(have) if i not in keep and same(v, rect)), None)
+            if hit is None:
+                keep = []
+                break
+            keep.append(hit)
+        with layer.events.data.blocker():
+            if keep and len(keep) == len(wanted):
+                extra = set(range(len(have))) - set(keep)
+                if extra:
+                    layer.selected_data = extra
+                    layer.remove_selected()
+            else:
+                layer.data = []
+                if wanted:
+                    layer.add_rectangles([rect for _, rect in wanted])
+        self._drawn_boxes = []
+        for v in layer.data:
+            v = np.asarray(v, float)
+            self._drawn_boxes.append(0 if self.ndim == 2 else int(round(v[0, 0])))
 
     def _on_slice(self, z: int) -> None:
         if self.ndim == 3 and self.image_layer is not None:
@@ -341,23 +371,27 @@ class LayerBinding:
             self.image_layer.contrast_limits = (window.low, window.high)
 
     def _on_candidates(self, cs: CandidateSet | None) -> None:
-        self._draw_preview()
+        if cs is None:  # a new set is drawn when its preselection arrives (selection_changed)
+            self._draw_preview()
 
     def _draw_preview(self) -> None:
         layer = self.preview_layer
         if layer is None:
             return
         data = layer.data
-        data[...] = 0
         cs, i = self.c.candidate_set, self.c.selected
+        if not data.any() and (cs is None or i < 0):
+            return  # nothing shown, nothing to show
+        data[...] = 0
         if cs is not None and i >= 0:
             target = data if self.ndim == 2 else data[cs.z]
             target[cs.candidates.masks[i]] = min(i, 2) + 1
-        layer.refresh()
+        # the extent and the thumbnail stay as they are: only the pixels changed
+        layer.refresh(extent=False, thumbnail=False, highlight=False)
 
     def _on_labels(self) -> None:
         if self.labels_layer is not None:
-            self.labels_layer.refresh()
+            self.labels_layer.refresh(extent=False)
 
     def _on_truth(self) -> None:
         if self.truth_from_user:

@@ -693,8 +693,9 @@ class AnnotationController:
             self._show_candidates(z, prompt, cands, engine, identity,
                                   time.perf_counter() - submitted)
 
-        self._status("Predicting…" if key in self._embedded else
-                     f"Computing the embedding of slice {z + 1}… (a few seconds, once per slice)")
+        if key not in self._embedded:  # a cached slice answers in a blink: no message
+            self._status(f"Computing the embedding of slice {z + 1}… (a few seconds, once per "
+                         "slice)")
         self.scheduler.predict(job, done)
 
     def _show_candidates(self, z, prompt, cands: Candidates, engine, identity, latency_s):
@@ -833,28 +834,25 @@ class AnnotationController:
         return obj
 
     def undo(self) -> str | None:
-        if self.session is None:
-            return None
-        what = self.session.undo()
-        self._journal("undo", durable=True)
-        self._after_history_step(what, "Undid")
-        return what
+        """Undo the last step (a label edit or a prompt edit); its description, or None."""
+        return self._history_step("undo")
 
     def redo(self) -> str | None:
+        return self._history_step("redo")
+
+    def _history_step(self, kind: str) -> str | None:
         if self.session is None:
             return None
-        what = self.session.redo()
-        self._journal("redo", durable=True)
-        self._after_history_step(what, "Redid")
-        return what
-
-    def _after_history_step(self, what, verb) -> None:
-        self._status(f"{verb}: {what}." if what else f"Nothing to {verb.lower()[:-1]}.")
+        what = self.session.undo() if kind == "undo" else self.session.redo()
+        self._journal(kind, durable=True)
         if what is None:
-            return
+            self._status(f"Nothing to {kind}.")
+            return None
+        self._status(f"{'Undid' if kind == 'undo' else 'Redid'}: {what}.")
         self._invalidate()
         self._after_labels_change()
         self._request_prediction()
+        return what
 
     def refine(self, label: int | None = None, z: int | None = None) -> bool:
         """Prompt accepted object ``label`` on slice ``z`` again, its box drawn and its logits
