@@ -122,6 +122,9 @@ def register(subparsers) -> None:
     p.add_argument("--datasets", type=_str_list, default=None,
                    help="only these datasets of a suite (comma-separated names)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
+                   help="how SAM-family networks run: auto (exported ONNX graph on CPU, torch on "
+                   "GPUs; the default, or $SAMSCOPE_BACKEND), torch, onnx")
     p.add_argument("--nsd-tolerance-mm", type=_finite(0.0), default=2.0,
                    help="normalised surface Dice tolerance (default 2 mm)")
     p.add_argument("--no-report", action="store_true", help="skip summary, figures and HTML")
@@ -199,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out}: --out is an existing file; a run folder is needed")
     if args.rebuild_manifest and not args.resume:
         raise ValueError("--rebuild-manifest only applies with --resume")
+    if args.backend:
+        import os
+
+        os.environ["SAMSCOPE_BACKEND"] = args.backend  # every model the runner loads
     from app.core.benchmark.report import write_report
     from app.core.benchmark.runner import BenchmarkPlan, iter_benchmark
 

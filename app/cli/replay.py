@@ -26,6 +26,8 @@ def register(subparsers) -> None:
                    help="the image, if it has moved since the session (pixels must match)")
     p.add_argument("--model", metavar="NAME",
                    help="replay the clicks with this model instead of the log's own")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
+                   help="how the model runs (default: the log's own backend)")
     p.add_argument("--recorded", action="store_true",
                    help="use the recorded masks; no model is run")
     p.add_argument("--output", "-o", metavar="PATH", help="write the rebuilt label map here")
@@ -74,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
         if not model_name:
             raise ValueError(f"{args.log} names no model: pass --model or --recorded")
         configure_torch_threads()
-        engine = Engine(load_model(model_name))
+        # the log's own backend unless told otherwise: bit-for-bit needs the same arithmetic
+        backend = args.backend or ((entry or {}).get("backend") if not args.model else None)
+        engine = Engine(load_model(model_name, backend=backend or None))
     result = replay_log(log, volume=volume, engine=engine)
     for e in result.effort:
         print(json.dumps({"label": e.label, "slice": e.z, "clicks": e.clicks, "boxes": e.boxes,

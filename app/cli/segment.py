@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--single", action="store_true",
                    help="ask for one mask instead of the three multimask candidates")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
+                   help="how the networks run: auto (exported ONNX graph on CPU, torch on "
+                   "GPUs; the default, or $SAMSCOPE_BACKEND), torch, onnx")
     p.add_argument("--download", action="store_true",
                    help="download the model's checkpoint when it is not cached")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         Prompt.from_points(points[:, :2], points[:, 2].astype(np.int32)).validate_for(image.shape)
 
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device,
-                       download=args.download)
+                       download=args.download, backend=args.backend)
     engine = Engine(model)
     if len(boxes) > 1:
         cands = engine.predict_boxes(image, boxes)

@@ -446,9 +446,14 @@ class BenchmarkDock(QWidget):
     def open_run(self, path) -> bool:
         """Show a finished or interrupted run folder (table, figures; Resume if unfinished)."""
         from app.core.benchmark import read_manifest
+        from app.core.errors import SamScopeError
 
         path = Path(path)
-        manifest = read_manifest(path)
+        try:
+            manifest = read_manifest(path)
+        except (SamScopeError, OSError, ValueError) as exc:  # a damaged manifest, named
+            self._on_log(f"{path}: cannot be opened: {exc}")
+            return False
         if not manifest:
             self._on_log(f"{path}: not a run folder (no manifest.json)")
             return False

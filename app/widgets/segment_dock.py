@@ -96,7 +96,6 @@ class SegmentDock(QWidget):
         self._signals.download_progress.connect(self._on_download_progress)
         self._download_cancel = threading.Event()
         self._close_guard = None
-        self._last_export_dir = ""
         self._pending, self._log_problems = recovery.find_pending()
         self._build_ui()
         self._populate_models()
@@ -198,6 +197,14 @@ class SegmentDock(QWidget):
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
         g.addWidget(self.model_info, 1, 0, 1, 2)
+        g.addWidget(QLabel("Runs on:"), 4, 0)
+        self.backend_combo = QComboBox()
+        self.backend_combo.setToolTip("How the networks run. Automatic: an exported ONNX graph "
+                                      "on the CPU (faster), PyTorch on a GPU.")
+        for text, value in (("automatic", None), ("ONNX Runtime", "onnx"), ("PyTorch", "torch")):
+            self.backend_combo.addItem(text, value)
+        self.backend_combo.currentIndexChanged.connect(self._on_backend_chosen)
+        g.addWidget(self.backend_combo, 4, 1)
         self.download_button = QPushButton("Download")
         self.download_cancel_button = QPushButton("Cancel download")
         self.download_button.clicked.connect(self._download_model)
@@ -627,6 +634,9 @@ class SegmentDock(QWidget):
                  "one usable mask per prompt")
         status = model_status(name)
         dev = f" · device: <b>{device.upper()}</b>" if device else ""
+        ident = self.controller.identity
+        if device and ident is not None and ident.backend:
+            dev += f" · {'ONNX Runtime' if ident.backend == 'onnx' else 'PyTorch'}"
         lead = ("Boxes go to LiteMedSAM's own decoder, clicks (alone or with a box) to the "
                 "decoder fine-tuned for clicks.<br>" if choice == AUTO_MODEL else
                 f"{spec.description}<br>")
@@ -658,6 +668,12 @@ class SegmentDock(QWidget):
 
         _import_model_libraries()
         self.controller.set_model(choice, download=download, on_progress=progress)
+
+    def _on_backend_chosen(self, _index: int) -> None:
+        backend = self.backend_combo.currentData()
+        if backend != self.controller.backend:
+            self.controller.backend = backend
+            self.load_model(self.controller.model_choice)
 
     def _download_model(self) -> None:
         for w in (self.download_cancel_button, self.download_progress):
@@ -698,19 +714,63 @@ class SegmentDock(QWidget):
     # ======================================================================================
     # export, recovery
     # ======================================================================================
-    def choose_export(self) -> Path | None:
+    #: export formats: filter text -> extension
+    EXPORT_FORMATS = {"PNG mask (*.png)": ".png", "NIfTI (*.nii.gz)": ".nii.gz",
+                      "DICOM SEG (*.dcm)": ".dcm"}
+
+    def export_filters(self) -> list[str]:
+        """The formats this image can be exported to, the remembered one first."""
         c = self.controller
-        if c.session is None:
-            return None
-        is_dicom = bool(c.volume.meta.get("dicom_datasets"))
         filters = ["NIfTI (*.nii.gz)"]
-        if is_dicom:
+        if c.volume.meta.get("dicom_datasets"):
             filters.append("DICOM SEG (*.dcm)")
         if c.volume.is_2d:
             filters.insert(0, "PNG mask (*.png)")
-        path, _ = QFileDialog.getSaveFileName(self, "Export labels", self._last_export_dir,
-                                              ";;".join(filters))
-        return self.export_labels(path) if path else None
+        last = self._settings().value("export/filter", "")
+        if last in filters:
+            filters.remove(last)
+            filters.insert(0, last)
+        return filters
+
+    def suggested_export_path(self, filter_text: str) -> str:
+        """``<folder>/<source name>_labels.<ext>``: the folder last exported to (else the
+        source's), the extension of the chosen format."""
+        src = Path(str(self.controller.volume.source or "image"))
+        stem = src.name
+        for ext in (".nii.gz", ".nii", ".nrrd", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+                    ".bmp", ".dcm"):
+            if stem.lower().endswith(ext):
+                stem = stem[: -len(ext)]
+                break
+        folder = self._settings().value("export/folder", "") or (
+            str(src.parent) if src.parent.is_dir() else str(Path.home()))
+        return str(Path(folder) / f"{stem}_labels{self.EXPORT_FORMATS[filter_text]}")
+
+    @staticmethod
+    def _settings():
+        """SAMScope's own remembered choices, beside its session logs (not napari's)."""
+        from qtpy.QtCore import QSettings
+
+        return QSettings(str(recovery.state_dir() / "settings.ini"), QSettings.Format.IniFormat)
+
+    def choose_export(self) -> Path | None:
+        """Ask where to export (name suggested, extension from the format) and write."""
+        if self.controller.session is None:
+            return None
+        filters = self.export_filters()
+        path, chosen = QFileDialog.getSaveFileName(
+            self, "Export labels", self.suggested_export_path(filters[0]), ";;".join(filters),
+            filters[0])
+        if not path:
+            return None
+        ext = self.EXPORT_FORMATS.get(chosen, "")
+        if ext and not path.lower().endswith(tuple(self.EXPORT_FORMATS.values()) + (".nii",)):
+            path += ext  # a bare name gets the chosen format's extension
+        out = self.export_labels(path)
+        if out is not None:
+            self._settings().setValue("export/folder", str(out.parent))
+            self._settings().setValue("export/filter", chosen)
+        return out
 
     def export_labels(self, path) -> Path | None:
         """Write the label map by extension (.nii.gz/.nii, .dcm DICOM SEG, .png)."""
@@ -719,7 +779,6 @@ class SegmentDock(QWidget):
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self._notify(f"Export failed: {exc}", error=True)
             return None
-        self._last_export_dir = str(Path(out).parent)
         self._notify(f"Labels written to {out}")
         return out
 

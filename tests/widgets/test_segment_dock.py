@@ -291,9 +291,10 @@ def test_click_stream_during_embedding_stays_responsive(dock, qtbot):
     for b in boxes:
         _drag_box(dock, b)
         qtbot.wait(60)
-    last = boxes[-1]
+    last = c.prompts.box(0)  # what the last drag became (pixel centres inside it)
+    assert np.abs(last - boxes[-1]).max() <= 1.0
     qtbot.waitUntil(lambda: c.candidate_set is not None and
-                    np.allclose(c.candidate_set.prompt.box_xyxy, last), timeout=60_000)
+                    np.array_equal(c.candidate_set.prompt.box_xyxy, last), timeout=60_000)
     qtbot.waitUntil(lambda: not dock.engine_thread.busy, timeout=60_000)
     qtbot.wait(50)
     timer.stop()
@@ -330,3 +331,37 @@ def test_model_needing_a_download_offers_it(dock, qtbot):
     assert "MB" in dock.download_button.text()
     assert "needs a download" in dock.status.text()
     assert "needs download" in dock.model_combo.itemText(idx)
+
+
+def test_export_dialog_suggests_a_name_adds_the_extension_and_remembers(dock, qtbot, tmp_path,
+                                                                       monkeypatch):
+    """With "DICOM SEG (*.dcm)" chosen, a bare name used to fail ("unknown label format")."""
+    _open(dock, qtbot, "ct")
+    c = dock.controller
+    c.set_slice(1)
+    _drag_box(dock, box_from_mask(c.truth[1] > 0), z=1)
+    _wait_candidates(dock, qtbot)
+    _press(dock, "Enter")
+    c.set_name(1, "Liver")
+    asked = []
+
+    def save_dialog(parent, title, suggested, filters, selected):
+        asked.append((suggested, filters.split(";;"), selected))
+        return str(tmp_path / "liver"), "DICOM SEG (*.dcm)"
+
+    monkeypatch.setattr("qtpy.QtWidgets.QFileDialog.getSaveFileName", save_dialog)
+    dock.export_button.click()
+    out = tmp_path / "liver.dcm"
+    assert out.is_file(), dock.status.text()
+    suggested, filters, _ = asked[0]
+    assert suggested.endswith("ct_labels.nii.gz") and "DICOM SEG (*.dcm)" in filters
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(out))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Liver"]
+    # the next export starts in that folder, with that format
+    c.set_name(1, "Liver left lobe")
+    dock.export_button.click()
+    suggested, filters, selected = asked[1]
+    assert suggested == str(tmp_path / "ct_labels.dcm")
+    assert filters[0] == selected == "DICOM SEG (*.dcm)"

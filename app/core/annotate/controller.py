@@ -116,6 +116,7 @@ class ModelIdentity:
     title: str
     weights_sha256: str = ""
     cache_token: str = ""
+    backend: str = ""  # "torch" or "onnx": replays are bit for bit on the same backend
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,14 @@ def model_identity(model) -> ModelIdentity:
         except OSError:
             sha = ""
     token = model.cache_token() if hasattr(model, "cache_token") else name
-    return ModelIdentity(name=name, title=title, weights_sha256=sha, cache_token=str(token))
+    try:
+        from app.core.models.backends import model_backend
+
+        backend = model_backend(model)
+    except Exception:  # noqa: BLE001 - a model outside the registry has no backend choice
+        backend = ""
+    return ModelIdentity(name=name, title=title, weights_sha256=sha, cache_token=str(token),
+                         backend=backend)
 
 
 def _answered_by(model, identity: ModelIdentity, prompt: Prompt) -> str:
@@ -236,6 +244,7 @@ class AnnotationController:
         self.selected = -1
         self.engine = None
         self.model_choice = AUTO_MODEL
+        self.backend: str | None = None  # None: $SAMSCOPE_BACKEND or "auto"
         self.identity: ModelIdentity | None = None
         self.loading_model = ""
         self.log: _journal.SessionLog | None = None
@@ -531,7 +540,7 @@ class AnnotationController:
 
             configure_torch_threads()
             model = load_model(name, device=select_device(device), download=download,
-                               on_progress=on_progress)
+                               on_progress=on_progress, backend=self.backend)
             return Engine(model), model_identity(model)
 
         def done(value, error):
@@ -1069,7 +1078,7 @@ class AnnotationController:
         if self.identity is not None:
             self._journal("model", name=self.identity.name, title=self.identity.title,
                           weights_sha256=self.identity.weights_sha256,
-                          cache_token=self.identity.cache_token)
+                          cache_token=self.identity.cache_token, backend=self.identity.backend)
 
     def _journal(self, action: str, *, durable: bool = False, **fields: Any) -> None:
         if self.log is None:

@@ -123,7 +123,7 @@ def _apply(c: AnnotationController, e: dict[str, Any], recorded: bool,
     if a in ("export", "discard"):
         result.unexported = False
     if a == "model":
-        result.model = {k: e.get(k) for k in ("name", "title", "weights_sha256")}
+        result.model = {k: e.get(k) for k in ("name", "title", "weights_sha256", "backend")}
     elif a == "window":
         c.set_window(Window(float(e["center"]), float(e["width"]), str(e.get("name", ""))))
     elif a == "slice":

@@ -227,6 +227,7 @@ def test_recorded_log_replays_to_the_same_label_map(points_engine, ultrasound, c
     assert result.mismatches == []
     np.testing.assert_array_equal(result.labels, expected)
     assert result.model["weights_sha256"] and result.model["name"] == "litemedsam_points"
+    assert result.model["backend"] in ("torch", "onnx")
     # effort counts every click made, the undone background click too
     assert [(e.clicks, e.boxes) for e in result.effort][:2] == [(1, 1), (2, 1)]
     # without a model, from the recorded masks (what crash recovery does)
@@ -340,3 +341,26 @@ def test_killed_right_after_an_accept_recovers_every_object(tmp_path):
     np.testing.assert_array_equal(labels, expected)
     header = json.loads(work.path.read_text().splitlines()[0])
     assert header["image"]["source"].endswith("ct")
+
+
+def test_two_instances_keep_their_own_recovery(points_engine, ultrasound, ct, tmp_path):
+    """One log per image and session, locked while it lives: a second instance never offers
+    (or retires) a running instance's work, and a clean exit of one leaves the other's alone."""
+    sessions = tmp_path / "sessions"
+    a = _controller(points_engine, tmp_path)
+    b = _controller(points_engine, tmp_path)
+    a.open(ultrasound[0])
+    a.accept_mask(ultrasound[1][0] > 0)
+    b.open(ct[0])
+    b.accept_mask(ct[1][1] > 0, z=1)
+    a_log = a.log_path
+    assert a_log != b.log_path
+    assert recovery.find_pending(sessions) == ([], [])  # both alive: nothing to offer
+    a.shutdown()  # a ends without exporting; b keeps running
+    (work,), _ = recovery.find_pending(sessions)
+    assert work.path == a_log and work.source.endswith("006_HC.png")
+    assert recovery.prune_logs(sessions, keep=0) == 0  # nothing pending or live is deleted
+    b.export(tmp_path / "liver.nii.gz")
+    b.shutdown()
+    (work,), _ = recovery.find_pending(sessions)  # b's exported work is not offered
+    assert work.path == a_log
