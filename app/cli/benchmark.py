@@ -127,6 +127,16 @@ def register(subparsers) -> None:
                    "GPUs; the default, or $SAMSCOPE_BACKEND), torch, onnx")
     p.add_argument("--nsd-tolerance-mm", type=_finite(0.0), default=2.0,
                    help="normalised surface Dice tolerance (default 2 mm)")
+    p.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                   help="run the images on a Ray cluster (needs samscope[cluster]): 'auto' "
+                        "joins RAY_ADDRESS or the cluster 'ray start' began here (else starts "
+                        "a local Ray), or give the head's address, e.g. 10.0.0.1:6379; the "
+                        "data must be at the same path on every node")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="Ray actors, each loading every method once (default: one per CPU, "
+                        "or GPUs / --gpus-per-worker)")
+    p.add_argument("--gpus-per-worker", type=_finite(0.0, low_open=False), default=0.0,
+                   help="GPUs per Ray actor, e.g. 0.25 packs four on a GPU (default 0)")
     p.add_argument("--no-report", action="store_true", help="skip summary, figures and HTML")
     p.add_argument("--no-masks", action="store_true", help="do not keep predicted masks")
     p.add_argument("--list", action="store_true",
@@ -216,7 +226,10 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, max_cases=args.max_cases, max_slices=args.max_slices,
         datasets=args.datasets, device=args.device, nsd_tolerance_mm=args.nsd_tolerance_mm,
         save_masks=not args.no_masks, rebuild_manifest=args.rebuild_manifest,
+        ray=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
     )
+    if args.ray is None and (args.workers is not None or args.gpus_per_worker):
+        raise ValueError("--workers and --gpus-per-worker apply with --ray")
     plan.validate()
     cancel = threading.Event()
     bar = _Bar(args.quiet)

@@ -103,6 +103,8 @@ class ResultsStore:
         self.digests: set[str] = set()
         #: (group id, reason) of the groups dropped on resume
         self.dropped: list[tuple[str, str]] = []
+        #: (dataset, image_path) -> ids of its complete groups (what a Ray worker may skip)
+        self.done_by_image: dict[tuple[str, str], set[str]] = {}
         self._kept_lines: list[bytes] = []
         self._needs_repair = False
         self._check_masks = check_masks
@@ -172,7 +174,9 @@ class ResultsStore:
                 self.dropped.append((gid, reason))
                 continue
             self.done.add(gid)
-            self.digests.add(members[0][1]["plan_digest"])
+            first = members[0][1]
+            self.digests.add(first["plan_digest"])
+            self.done_by_image.setdefault((first["dataset"], first["image_path"]), set()).add(gid)
             keep.extend(i for i, _ in members)
         keep.sort()
         self._kept_lines = [lines[i] for i in keep]

@@ -126,6 +126,16 @@ class BenchmarkPlan:
     prebuilt_methods : dict
         ``{name: InteractiveMethod}`` to use instead of creating them (e.g. the GUI's engine);
         not part of the manifest.
+    ray : str or None
+        Run the images on a Ray cluster (:mod:`app.core.benchmark.cluster`): ``"auto"``
+        (``RAY_ADDRESS``, else the cluster ``ray start`` began on this machine, else a local
+        Ray) or a cluster address. None: in this process. Not part of the results' options: a
+        run started locally may be resumed on a cluster and the other way round.
+    workers : int or None
+        Ray actors (each loads every method once); default: one per CPU of the cluster, or
+        GPUs / ``gpus_per_worker``.
+    gpus_per_worker : float
+        GPUs per actor (0.25 packs four on one GPU); > 0 selects ``cuda`` unless ``device`` says.
     """
 
     data: str | os.PathLike
@@ -149,6 +159,9 @@ class BenchmarkPlan:
     rebuild_manifest: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     prebuilt_methods: dict[str, Any] = field(default_factory=dict, repr=False)
+    ray: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
@@ -178,16 +191,22 @@ class BenchmarkPlan:
             raise InputValueError(
                 f"NSD tolerance must be a finite number of mm > 0, got {self.nsd_tolerance_mm}"
             )
-        for name in ("max_cases", "max_slices"):
+        for name in ("max_cases", "max_slices", "workers"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise InputValueError(f"{name} must be >= 1, got {v}")
+        if not (math.isfinite(self.gpus_per_worker) and self.gpus_per_worker >= 0):
+            raise InputValueError(
+                f"GPUs per worker must be a finite number >= 0, got {self.gpus_per_worker}")
+        if self.ray is not None and self.prebuilt_methods:
+            raise InputValueError("a Ray run builds its methods on the workers: it cannot use "
+                                  f"prebuilt methods ({', '.join(self.prebuilt_methods)})")
 
     def options(self) -> dict[str, Any]:
         """The options that define the results (recorded in, and checked against, the manifest)."""
         # not asdict(): it would deep-copy prebuilt methods (models, engines)
         skip = ("out_dir", "resume", "prebuilt_methods", "device", "save_masks",
-                "rebuild_manifest")
+                "rebuild_manifest", "ray", "workers", "gpus_per_worker")
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["data"] = str(Path(self.data).resolve())
         d["modes"] = list(self.modes)
@@ -290,8 +309,14 @@ class _Metrics:
 class _Run:
     """State of one call of :func:`iter_benchmark`."""
 
-    def __init__(self, plan: BenchmarkPlan, on_log: Callable[[str], None] | None) -> None:
+    def __init__(self, plan: BenchmarkPlan, on_log: Callable[[str], None] | None, *,
+                 keep_mask_bytes: bool = False) -> None:
         self.plan = plan
+        #: on a Ray worker masks are encoded, not written: the driver writes them
+        self.keep_mask_bytes = keep_mask_bytes
+        self.pending_masks: list[tuple[str, bytes]] = []
+        #: the Ray actors of a cluster run (closed by iter_benchmark whatever happens)
+        self.pool: Any = None
         self.out = Path(plan.out_dir)
         self.on_log = on_log
         self.rows_written = 0
@@ -356,6 +381,12 @@ class _Run:
             row["method"]) / f"{safe}_{row['protocol']}_r{row['repeat']}_c{row['click']}_"
         rel = rel.with_name(rel.name + f"{row['selection']}.png")
         path = self.out / rel
+        if self.keep_mask_bytes:
+            ok, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
+            if not ok:
+                raise WriteError(f"{path}: the PNG encoder failed for a {mask.shape} mask")
+            self.pending_masks.append((rel.as_posix(), png.tobytes()))
+            return rel.as_posix()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -589,6 +620,8 @@ def iter_benchmark(
     try:
         yield from _locked_run(run, lock, on_progress, cancel)
     finally:
+        if run.pool is not None:
+            run.pool.close()
         lock.release()
 
 
@@ -605,7 +638,16 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
     if not datasets:
         raise DatasetError(f"{plan.data}: none of the datasets {list(plan.datasets or [])} found")
     # a bad method name or a missing checkpoint fails here, before any file is written
-    methods = run.make_methods()
+    pool = None
+    if plan.ray is not None:
+        from app.core.benchmark.cluster import RayPool
+
+        pool = run.pool = RayPool(plan, run.log)  # connects; the actors load the methods
+        methods: dict[str, Any] = {}
+        described = pool.describe()
+    else:
+        methods = run.make_methods()
+        described = {n: m.describe() for n, m in methods.items()}
     store = ResultsStore(out, resume=plan.resume, check_masks=True)
     old = _check_resume(out, plan, store) if plan.resume else {}
     if store.dropped:
@@ -635,7 +677,7 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
         "options": plan.options(),
         "plan_digest": run.digest,
         "versions": _versions(),
-        "methods": {n: m.describe() for n, m in methods.items()},
+        "methods": described,
         "datasets": [{"name": d.name, "layout": d.layout, "root": str(d.root),
                       "cases": len(d.cases), "tasks": [t.name for t in d.tasks]}
                      for d in datasets],
@@ -645,16 +687,18 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
         "status": "running",
         "pid": os.getpid(),
     }
+    if pool is not None:
+        manifest["cluster"] = pool.info()
     if plan.resume and not old and store.rows_existing:
         manifest["rebuilt_from_rows"] = True
     write_manifest(out, manifest)
 
     images_done = 0
+    cases_done = 0
     status = "interrupted"
     t_start = time.perf_counter()
-    prepare_count = {n: 0 for n in methods}
-    predict_calls = {n: 0 for n in methods}
-    skipped_images: set[str] = set()
+    prepare_count = dict.fromkeys(plan.methods, 0)
+    predict_calls = dict.fromkeys(plan.methods, 0)
 
     def progress(done: int, msg: str, within: float = 0.0) -> None:
         if on_progress is not None:
@@ -667,73 +711,36 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
     error: BaseException | None = None
     try:
         progress(0, "starting")
-        for ci, (ds, ref) in enumerate(cases):
-            if cancelled():
+        if pool is None:
+            outcomes = ((ci, _case_work(run, methods, {t.label: t.name for t in ds.tasks}, ref,
+                                        store.is_done, cancelled))
+                        for ci, (ds, ref) in enumerate(cases))
+        else:
+            outcomes = pool.run(cases, store, cancelled)
+        for ci, events in outcomes:
+            if pool is None and cancelled():
                 break
-            tasks = {t.label: t.name for t in ds.tasks}
-            try:
-                loaded = load_case(ref)
-                samples = list(iter_images(ref, list(tasks), max_slices=plan.max_slices,
-                                           seed=plan.seed, loaded=loaded))
-                _report_undeclared_labels(run, ref, loaded[1], tasks)
-            except Exception as exc:  # noqa: BLE001 - an unreadable case is skipped, listed
-                run.skipped.append(Skipped(str(ref.image), f"{type(exc).__name__}: {exc}"))
-                run.log(f"skipped {ref.image}: {exc}")
-                progress(ci + 1, f"skipped {ref.case}")
-                continue
-            for si, sample in enumerate(samples):
-                if cancelled():
-                    break
-                h, w = sample.image.shape
-                if h < 2 or w < 2:
-                    if sample.case_id not in skipped_images:
-                        skipped_images.add(sample.case_id)
-                        why = f"degenerate image {h}x{w} (needs at least 2x2 pixels)"
-                        run.skipped.append(Skipped(str(ref.image), why))
-                        run.log(f"skipped {ref.image}: {why}")
-                    continue
-                for name, method in methods.items():
-                    if cancelled():
-                        break
-                    sels = run.selections_for(method)
-                    groups = []
-                    for label in sample.masks:
-                        task = tasks[label]
-                        for rep in range(plan.repeats):
-                            for mode in plan.modes:
-                                gid = group_id(ref.dataset, task, sample.case_id, name,
-                                               f"mode{mode}", rep, None)
-                                if not store.is_done(gid):
-                                    groups.append(("mode", label, rep, mode, None))
-                            for proto in plan.protocols:
-                                for s in sels:
-                                    gid = group_id(ref.dataset, task, sample.case_id, name,
-                                                   proto, rep, s)
-                                    if not store.is_done(gid):
-                                        groups.append(("clicks", label, rep, proto, s))
-                    if not groups:
-                        continue
-                    t0 = time.perf_counter()
-                    state = method.prepare(sample.image)
-                    prepare_s = time.perf_counter() - t0
-                    prepare_count[name] += 1
-                    for kind, label, rep, what, sel in groups:
-                        if cancelled():
-                            break
-                        if kind == "mode":
-                            rows = _run_mode(run, method, state, sample, label, tasks[label],
-                                             what, rep, sels, prepare_s)
-                            predict_calls[name] += rows[0]["n_calls"] if rows else 0
-                        else:
-                            rows = _run_clicks(run, method, state, sample, label,
-                                               tasks[label], what, rep, sel, prepare_s)
-                            predict_calls[name] += len(rows)
-                        store.write_group(rows)
-                        run.rows_written += len(rows)
-                        yield from rows
-                images_done += 1
-                progress(ci, f"{ref.dataset} {sample.case_id}", (si + 1) / len(samples))
-            progress(ci + 1, f"{ref.dataset} {ref.case} done")
+            ref = cases[ci][1]
+            for event in events:
+                kind = event[0]
+                if kind == "skipped":
+                    run.skipped.append(event[1])
+                    run.log(event[2])
+                elif kind == "prepared":
+                    prepare_count[event[1]] += 1
+                elif kind == "group":
+                    _, name, rows, masks, calls = event
+                    for rel, data in masks:  # masks made on a Ray worker
+                        _write_mask_file(out / rel, data)
+                    store.write_group(rows)
+                    run.rows_written += len(rows)
+                    predict_calls[name] += calls
+                    yield from rows
+                elif kind == "image":
+                    images_done += 1
+                    progress(cases_done, f"{ref.dataset} {event[1]}", event[2])
+            cases_done += 1
+            progress(cases_done, f"{ref.dataset} {ref.case} done")
         status = "interrupted" if cancelled() else "complete"
     except BaseException as exc:  # GeneratorExit too: the folder is left resumable
         error = exc
@@ -741,8 +748,10 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
     finally:
         elapsed = time.perf_counter() - t_start
         stats = {}
-        for n, m in methods.items():
-            s = dict(m.stats())
+        if pool is not None:
+            worker_stats = pool.close()
+        for n in plan.methods:
+            s = dict(methods[n].stats()) if pool is None else dict(worker_stats.get(n, {}))
             s["images_prepared_this_run"] = prepare_count[n]
             s["predict_calls_this_run"] = predict_calls[n]
             stats[n] = s
@@ -776,16 +785,102 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
                 f"-> {store.path}")
 
 
-def _report_undeclared_labels(run: _Run, ref: Any, labels: np.ndarray,
-                              tasks: dict[int, str]) -> None:
-    """Log (and list in skipped.csv) label values of a mask that the dataset does not declare."""
+def _case_work(run: _Run, methods: dict[str, Any], tasks: dict[int, str], ref: Any,
+               is_done: Callable[[str], bool],
+               cancelled: Callable[[], bool] = lambda: False) -> Iterator[tuple]:
+    """Do one case (a 2D image, or the chosen slices of a volume): all methods, modes,
+    protocols, selections and repeats, skipping the groups ``is_done`` names.
+
+    The one path of work for a local run and a Ray worker. Yields events, in order:
+    ``("skipped", Skipped, log_line)``, ``("prepared", method)`` (an image embedded),
+    ``("group", method, rows, masks, predict_calls)`` (one prompt group; ``masks`` is
+    ``[(relative path, PNG bytes)]`` when ``run.keep_mask_bytes``, else already written),
+    ``("image", case_id, fraction_of_case_done)``.
+    """
+    plan = run.plan
+    try:
+        loaded = load_case(ref)
+        samples = list(iter_images(ref, list(tasks), max_slices=plan.max_slices,
+                                   seed=plan.seed, loaded=loaded))
+        undeclared = _undeclared_labels(ref, loaded[1], tasks)
+    except Exception as exc:  # noqa: BLE001 - an unreadable case is skipped, listed
+        yield ("skipped", Skipped(str(ref.image), f"{type(exc).__name__}: {exc}"),
+               f"skipped {ref.image}: {exc}")
+        return
+    if undeclared is not None:
+        yield ("skipped", undeclared, undeclared.reason)
+    degenerate: set[str] = set()
+    for si, sample in enumerate(samples):
+        if cancelled():
+            return
+        h, w = sample.image.shape
+        if h < 2 or w < 2:
+            if sample.case_id not in degenerate:
+                degenerate.add(sample.case_id)
+                why = f"degenerate image {h}x{w} (needs at least 2x2 pixels)"
+                yield ("skipped", Skipped(str(ref.image), why), f"skipped {ref.image}: {why}")
+            continue
+        for name, method in methods.items():
+            if cancelled():
+                return
+            sels = run.selections_for(method)
+            groups = []
+            for label in sample.masks:
+                task = tasks[label]
+                for rep in range(plan.repeats):
+                    for mode in plan.modes:
+                        gid = group_id(ref.dataset, task, sample.case_id, name,
+                                       f"mode{mode}", rep, None)
+                        if not is_done(gid):
+                            groups.append(("mode", label, rep, mode, None))
+                    for proto in plan.protocols:
+                        for sel in sels:
+                            gid = group_id(ref.dataset, task, sample.case_id, name,
+                                           proto, rep, sel)
+                            if not is_done(gid):
+                                groups.append(("clicks", label, rep, proto, sel))
+            if not groups:
+                continue
+            t0 = time.perf_counter()
+            state = method.prepare(sample.image)
+            prepare_s = time.perf_counter() - t0
+            yield ("prepared", name)
+            for kind, label, rep, what, sel in groups:
+                if cancelled():
+                    return
+                if kind == "mode":
+                    rows = _run_mode(run, method, state, sample, label, tasks[label],
+                                     what, rep, sels, prepare_s)
+                    calls = rows[0]["n_calls"] if rows else 0
+                else:
+                    rows = _run_clicks(run, method, state, sample, label,
+                                       tasks[label], what, rep, sel, prepare_s)
+                    calls = len(rows)
+                masks, run.pending_masks = run.pending_masks, []
+                yield ("group", name, rows, masks, calls)
+        yield ("image", sample.case_id, (si + 1) / len(samples))
+
+
+def _write_mask_file(path: Path, data: bytes) -> None:
+    """Write a mask PNG made on a Ray worker (the driver alone writes the run folder)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from app.core.io._atomic import describe_os_error
+
+        raise WriteError(describe_os_error(path.parent, exc)) from exc
+    write_bytes_atomic(path, data)
+
+
+def _undeclared_labels(ref: Any, labels: np.ndarray, tasks: dict[int, str]) -> Skipped | None:
+    """Label values of a mask that the dataset does not declare (listed in skipped.csv)."""
     present = {int(v) for v in np.unique(labels) if v != 0}
     extra = sorted(present - set(tasks))
     if extra:
         why = (f"label values {extra} in {ref.label or ref.image} are not among the dataset's "
                f"labels {sorted(tasks)}: not evaluated")
-        run.skipped.append(Skipped(str(ref.label or ref.image), why))
-        run.log(why)
+        return Skipped(str(ref.label or ref.image), why)
+    return None
 
 
 def _write_skipped(out: Path, skipped: list[Skipped]) -> None:
