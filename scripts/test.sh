@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
-bash scripts/bootstrap.sh app,test
+bash scripts/bootstrap.sh app,test,cluster
 . .venv/bin/activate
 echo "== ruff"; ruff check app tests bench scripts packaging
 echo "== import contract"; lint-imports
