@@ -49,6 +49,8 @@ COLUMNS = (
     "mask_file", "group", "group_rows", "plan_digest", "row_crc",
 )
 _HEADER = (",".join(COLUMNS) + "\n").encode("utf-8")
+#: rows per Parquet row group (and per chunk held in memory while writing it)
+PARQUET_CHUNK_ROWS = 200_000
 #: Columns identifying one results cell (a mode, or one iterative run with one selection).
 GROUP_KEY = ("dataset", "task", "case", "method", "protocol", "repeat", "selection")
 
@@ -242,22 +244,65 @@ class ResultsStore:
         append_durable(self.path, buf.getvalue().encode("utf-8"))
         self.done.update(gids)
 
-    def write_parquet(self) -> Path | None:
-        """Write ``results.parquet`` from the CSV, atomically (None when pyarrow is missing)."""
-        df = load_results(self.out_dir)
-        target = self.out_dir / "results.parquet"
-        tmp = self.out_dir / ".results.parquet.tmp"
+    def write_parquet(self, chunk_rows: int = PARQUET_CHUNK_ROWS) -> Path | None:
+        """Write ``results.parquet`` from the CSV, atomically (None when pyarrow is missing).
+
+        The table is streamed ``chunk_rows`` rows at a time into one Parquet row group each,
+        so memory stays bounded however many rows the run has; column types are fixed
+        (:func:`_parquet_chunk`), not inferred per chunk.
+        """
+        import pandas as pd
+
         try:
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, target)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
         except ImportError:
             return None
+        target = self.out_dir / "results.parquet"
+        tmp = self.out_dir / ".results.parquet.tmp"
+        writer = None
+        try:
+            reader = pd.read_csv(self.path, dtype=str, keep_default_na=False,
+                                 chunksize=chunk_rows)
+            for chunk in reader:
+                table = pa.Table.from_pandas(_parquet_chunk(chunk), preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+            if writer is None:  # no rows: an empty table with the columns
+                empty = pd.DataFrame({c: pd.Series(dtype=str) for c in COLUMNS})
+                writer = pq.ParquetWriter(
+                    tmp, pa.Table.from_pandas(_parquet_chunk(empty), preserve_index=False).schema)
+            writer.close()
+            writer = None
+            os.replace(tmp, target)
         except OSError as exc:
             raise WriteError(describe_os_error(target, exc)) from exc
         finally:
+            if writer is not None:
+                writer.close()
             if tmp.exists():
                 tmp.unlink()
         return target
+
+
+_INT_COLUMNS = ("label", "slice", "repeat", "click", "n_calls", "height", "width", "group_rows")
+_FLOAT_COLUMNS = ("iou", "dice", "hd95_mm", "nsd", "nsd_tolerance_mm", "size_fraction",
+                  "candidate", "score", "seconds", "prepare_seconds")
+
+
+def _parquet_chunk(chunk):
+    """Typed columns for Parquet from the CSV's text: ints, floats (NaN where empty), the
+    ``prompt_supported`` bool, the rest text."""
+    import pandas as pd
+
+    out = chunk.copy()
+    for c in _INT_COLUMNS:
+        out[c] = pd.to_numeric(out[c]).astype("int64")
+    for c in _FLOAT_COLUMNS:
+        out[c] = out[c].replace("", "nan").astype("float64")
+    out["prompt_supported"] = out["prompt_supported"].str.lower() == "true"
+    return out
 
 
 #: columns left out of ``row_crc``: timings differ between identical runs
