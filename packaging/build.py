@@ -39,7 +39,7 @@ DIST_DIR = PACKAGING_DIR / "dist"
 STAGE_DIR = BUILD_DIR / "stage"
 DEFAULT_DATA = Path(os.environ.get("SAMSCOPE_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
 # a real image with its ground truth, for the CLI segmentation check: a typical case (a tight
-# box gives IoU 0.949 in the dev install; 006_HC, the hardest of the 30, gives 0.688)
+# box gives IoU 0.949 in the dev install; the hardest of the 30, 006_HC, gives 0.688)
 US_CASE = ("png_pairs/fetal_head_us/images", "png_pairs/fetal_head_us/masks", "307_HC.png")
 MIN_SEGMENT_IOU = 0.85
 

@@ -76,7 +76,7 @@ def test_sample_data_through_npe2(samscope_pm, key, shape):
     assert img_kw["scale"] == lab_kw["scale"] and img_kw["translate"] == lab_kw["translate"]
     assert lab.any() and set(np.unique(lab)) == {0, 1}
     if key == "ultrasound":
-        assert img_kw["scale"] == pytest.approx((0.0656, 0.0656), abs=1e-4)
+        assert img_kw["scale"] == pytest.approx((0.1109, 0.1109), abs=1e-4)
 
 
 def test_writer_nifti_keeps_geometry(samscope_pm, shared_data, tmp_path):

@@ -262,6 +262,8 @@ class LayerBinding:
     def _on_boxes_edited(self, event) -> None:
         action = str(getattr(event, "action", ""))
         shapes = list(self.box_layer.data)
+        if action.endswith("added"):
+            self._drawn_boxes = self._drawn_boxes + [-1] * (len(shapes) - len(self._drawn_boxes))
         idx = [int(i) % max(len(shapes), 1) for i in (getattr(event, "data_indices", ()) or ())]
         shape_hw = self.c.volume.shape[1:]
         if action.endswith("added") or action.endswith("changed"):
@@ -332,6 +334,11 @@ class LayerBinding:
         possible: a new drag usually only needs the slice's older rectangle removed."""
         layer = self.box_layer
         have = [np.asarray(v, float) for v in layer.data]
+        if len(have) > len(self._drawn_boxes):
+            # a rectangle is being drawn (napari reports it when the mouse is released):
+            # redrawing now would delete it under the user's hand; draw when it lands
+            QTimer.singleShot(50, self._redraw.start)
+            return
 
         def same(a, b):
             return a.shape == b.shape and np.allclose(a, b, atol=1e-3)

@@ -80,8 +80,11 @@ def mouse_click(layer, rc, z=None):
     mouse_release_callbacks(layer, _event(type="mouse_release", position=pos))
 
 
-def mouse_drag(layer, rc0, rc1, z=None):
-    """Press at data (row, col) ``rc0``, drag to ``rc1``, release (drawing a rectangle)."""
+def mouse_drag(layer, rc0, rc1, z=None, between=None):
+    """Press at data (row, col) ``rc0``, drag to ``rc1``, release (drawing a rectangle).
+
+    ``between()`` runs between the mouse events (e.g. ``qtbot.wait``): a real drag is many
+    events, each handled in its own turn of the event loop."""
     from napari.utils.interactions import (
         mouse_move_callbacks,
         mouse_press_callbacks,
@@ -91,15 +94,19 @@ def mouse_drag(layer, rc0, rc1, z=None):
     p0, p1 = _world(layer, rc0, z), _world(layer, rc1, z)
     mouse_press_callbacks(layer, _event(type="mouse_press", position=p0))
     for t in np.linspace(0.2, 1.0, 5):
+        if between is not None:
+            between()
         pos = tuple(a + (b - a) * t for a, b in zip(p0, p1))
         mouse_move_callbacks(layer, _event(type="mouse_move", position=pos, is_dragging=True))
+    if between is not None:
+        between()
     mouse_release_callbacks(layer, _event(type="mouse_release", position=p1, is_dragging=True))
 
 
-def _drag_box(dock, box_xyxy, z=None):
+def _drag_box(dock, box_xyxy, z=None, between=None):
     x0, y0, x1, y1 = (float(v) for v in box_xyxy)
     dock.box_button.click()
-    mouse_drag(dock.binding.box_layer, (y0, x0), (y1, x1), z)
+    mouse_drag(dock.binding.box_layer, (y0, x0), (y1, x1), z, between)
 
 
 def _click(dock, row, col, z=None):
@@ -162,7 +169,7 @@ def test_mouse_clicks_stay_object_clicks_after_accept_undo_and_clear(dock, qtbot
     # the candidates on screen answer these clicks, scored against the ground truth
     cs = _wait_candidates(dock, qtbot, with_points=True)
     qtbot.waitUntil(lambda: len(c.candidate_set.prompt.points_xy) == 4, timeout=60_000)
-    assert max(iou for iou, _ in c.truth_scores()) > 0.8  # measured 0.90
+    assert max(iou for iou, _ in c.truth_scores()) > 0.85  # measured 0.93-0.95
     assert "IoU" in dock.candidates_widget.tiles[0].truth.text()
 
 
@@ -198,7 +205,7 @@ def test_opening_another_image_with_unexported_labels_asks(dock, qtbot, tmp_path
     # Cancel: the ultrasound and its labels stay
     seen = _answer_dialog(qtbot, QMessageBox.StandardButton.Cancel)
     dock.sample_ct_button.click()
-    assert "not exported" in seen["text"] and "006_HC.png" in seen["text"]
+    assert "not exported" in seen["text"] and "280_HC.png" in seen["text"]
     qtbot.wait(200)
     assert c.volume is image and np.array_equal(c.labels, accepted)
     # Save: the export dialog opens, the file is written, then the CT opens
@@ -213,7 +220,7 @@ def test_opening_another_image_with_unexported_labels_asks(dock, qtbot, tmp_path
     np.testing.assert_array_equal(read_labels(out, image)[0] > 0, accepted[0] > 0)
     # the old image's layers are gone
     names = [layer.name for layer in dock.viewer.layers]
-    assert "006_HC.png" not in names and names.count("ground truth") == 1
+    assert "280_HC.png" not in names and names.count("ground truth") == 1
 
 
 def test_quit_with_unexported_labels_asks_and_cancel_keeps_the_window(dock, qtbot):
@@ -289,7 +296,7 @@ def test_click_stream_during_embedding_stays_responsive(dock, qtbot):
     timer.start()
     boxes = [base + np.array([-d, -d, d, d], np.float32) for d in range(12, -1, -2)]
     for b in boxes:
-        _drag_box(dock, b)
+        _drag_box(dock, b, between=lambda: qtbot.wait(8))
         qtbot.wait(60)
     last = c.prompts.box(0)  # what the last drag became (pixel centres inside it)
     assert np.abs(last - boxes[-1]).max() <= 1.0
@@ -300,7 +307,10 @@ def test_click_stream_during_embedding_stays_responsive(dock, qtbot):
     timer.stop()
     gaps = np.diff(ticks)
     assert len(ticks) > 50
-    assert gaps.max() < 0.100, f"event loop stalled for {gaps.max() * 1000:.0f} ms"
+    # the embedding takes seconds: a loop that waited on it would stall for seconds. Drawing a
+    # result costs up to ~90 ms here under Xvfb's software OpenGL (bench/ui_latency.py
+    # measures the fine figures); 150 ms keeps this test about blocking, not about load.
+    assert gaps.max() < 0.150, f"event loop stalled for {gaps.max() * 1000:.0f} ms"
     stats = dock.engine_thread.stats
     assert stats["dropped_before_run"] + stats["dropped_after_run"] >= 1
     qtbot.wait(20)
@@ -314,7 +324,7 @@ def test_image_opened_through_napari_reader_is_adopted(dock, qtbot):
     layers = dock.viewer.open(str(sample_path("ultrasound")), plugin="samscope")
     qtbot.waitUntil(lambda: dock.binding.image_layer is layers[0], timeout=10_000)
     assert dock.session.volume.shape == (1, 540, 800)
-    assert dock.session.volume.source.endswith("006_HC.png")  # the reader's own Volume
+    assert dock.session.volume.source.endswith("280_HC.png")  # the reader's own Volume
     assert dock.binding.box_layer.mode == "add_rectangle"  # ready to draw
 
 

@@ -53,10 +53,10 @@ SAMPLES: dict[str, SampleInfo] = {
         SampleInfo(
             name="ultrasound",
             title="Fetal head ultrasound with mask",
-            image="samples/fetal_head_us/006_HC.png",
-            labels="samples/fetal_head_us/006_HC_mask.png",
+            image="samples/fetal_head_us/280_HC.png",
+            labels="samples/fetal_head_us/280_HC_mask.png",
             label_names=("fetal head",),
-            pixel_size_mm=0.065605648,
+            pixel_size_mm=0.110854208,
             licence="CC BY 4.0 (HC18, van den Heuvel et al. 2018)",
         ),
     )
