@@ -68,6 +68,7 @@ class AdaptDock(QWidget):
         self._signals.finished.connect(self._on_finished)
         self._build_ui()
         self._populate_models()
+        self._check_dataset()
 
     # --- UI -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -76,6 +77,7 @@ class AdaptDock(QWidget):
         row = QHBoxLayout()
         self.dataset_edit = QLineEdit()
         self.dataset_edit.setPlaceholderText("folder with images/ + masks/, or dataset.json")
+        self.dataset_edit.textChanged.connect(lambda _t: self._check_dataset())
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse_dataset)
         row.addWidget(self.dataset_edit)
@@ -153,6 +155,37 @@ class AdaptDock(QWidget):
         idx = self.model_combo.findData("litemedsam")
         if idx >= 0:
             self.model_combo.setCurrentIndex(idx)
+
+    def dataset_layout(self) -> str | None:
+        """The layout of the dataset folder typed or chosen (one level of sub-folders is
+        searched too), or None when it holds none."""
+        from app.core.benchmark.datasets import detect_layout
+
+        text = self.dataset_edit.text().strip()
+        if not text:
+            return None
+        path = Path(text)
+        layout = detect_layout(path)
+        if layout is None and path.is_dir():
+            try:
+                children = sorted(p for p in path.iterdir() if p.is_dir())[:200]
+            except OSError:
+                children = []
+            layout = next((lay for lay in map(detect_layout, children) if lay), None)
+        return layout
+
+    def _check_dataset(self) -> None:
+        """Start is offered only for a folder that holds a labelled dataset."""
+        layout = self.dataset_layout()
+        self.start_button.setEnabled(layout is not None and not self.running)
+        text = self.dataset_edit.text().strip()
+        if not text:
+            self.start_button.setToolTip("Choose a labelled dataset first")
+        elif layout is None:
+            self.start_button.setToolTip(f"{text} holds no labelled dataset (images/ + masks/ "
+                                         "pairs, an MSD dataset.json, nnU-Net, .npz)")
+        else:
+            self.start_button.setToolTip(f"Fine-tune on this {layout} dataset")
 
     def _browse_dataset(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Labelled dataset folder")
@@ -253,8 +286,9 @@ class AdaptDock(QWidget):
             self.status_label.setText(p.message)
 
     def _on_finished(self, result, error) -> None:
-        self.start_button.setEnabled(True)
+        self._thread = None  # its last act was to send this
         self.cancel_button.setEnabled(False)
+        self._check_dataset()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
         if error is not None:

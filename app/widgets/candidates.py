@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 __all__ = ["CandidatesWidget", "render_preview", "mask_scores"]
 
@@ -102,6 +102,10 @@ class _Tile(QFrame):
         self.caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.truth = QLabel()
         self.truth.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        for label in (self.caption, self.truth):
+            # the figures wrap inside the tile instead of widening it past the dock
+            label.setWordWrap(True)
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         for w in (self.picture, self.caption, self.truth):
             lay.addWidget(w)
         self.setToolTip(f"Candidate {index + 1}: click or press {index + 1} to choose it")
@@ -191,6 +195,7 @@ class CandidatesWidget(QWidget):
                 continue
             tile.show_rgb(render_preview(image_unit, self.masks[i], crop, tuple(_COLOURS[i])))
             tile.caption.setText(f"<b>{i + 1}</b> · predicted IoU {self.scores[i]:.2f}")
+            tile.caption.setToolTip("The model's own estimate of this mask's IoU")
         self.note.setText(note)
         self._update_truth()
         self.select(selected)
@@ -213,6 +218,6 @@ class CandidatesWidget(QWidget):
         for i, t in enumerate(self.tiles):
             if i < len(scores):
                 iou, dice = scores[i]
-                t.truth.setText(f"vs GT: IoU {iou:.3f} · Dice {dice:.3f}")
+                t.truth.setText(f"vs GT: IoU {iou:.3f}<br>Dice {dice:.3f}")
             else:
                 t.truth.setText("")

@@ -166,6 +166,10 @@ class LayerBinding:
             self._owned.append(self.image_layer)
         self.ndim = 2 if np.asarray(self.image_layer.data).ndim - int(self.image_layer.rgb) == 2 \
             else 3
+        if self.ndim == 3:  # napari's default axis labels are -3, -2, -1
+            labels = list(self.viewer.dims.axis_labels)
+            labels[-3:] = ["slice", "row", "col"]
+            self.viewer.dims.axis_labels = labels
         self._make_layers()
         self._on_window(self.c.session.window)
         self.viewer.reset_view()

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -184,6 +185,10 @@ class SegmentDock(QWidget):
         self.image_info = QLabel("No image open.")
         self.image_info.setWordWrap(True)
         g.addWidget(self.image_info, 3, 0, 1, 2)
+        self.slice_info = QLabel()
+        self.slice_info.setToolTip("The slice shown and prompted (PageUp/PageDown or the "
+                                   "slider below the image move through the volume)")
+        g.addWidget(self.slice_info, 4, 0, 1, 2)
         lay.addWidget(box)
 
         # model
@@ -318,7 +323,22 @@ class SegmentDock(QWidget):
         self.status.setWordWrap(True)
         self.status.setStyleSheet("padding: 4px; border-top: 1px solid #555;")
         outer.addWidget(self.status)
+        for combo in content.findChildren(QComboBox):
+            # a long entry (a model's title, a layer's name) must not widen the dock
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
+        for label in content.findChildren(QLabel):
+            if label.wordWrap():
+                label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        content.setMinimumWidth(0)
         self._update_buttons()
+
+    def sizeHint(self):  # noqa: N802 - Qt override
+        # wide enough for three candidate tiles with their figures; the rest is the canvas's
+        from qtpy.QtCore import QSize
+
+        return QSize(430, 700)
 
     def showEvent(self, event):  # noqa: N802 - Qt override
         super().showEvent(event)
@@ -352,6 +372,7 @@ class SegmentDock(QWidget):
         ev.error.connect(lambda text: self._notify(text, error=True))
         ev.image_changed.connect(self._on_image)
         ev.window_changed.connect(self._on_window_changed)
+        ev.slice_changed.connect(self._on_slice_changed)
         ev.candidates_changed.connect(self._on_candidates)
         ev.selection_changed.connect(self._on_selection)
         ev.history_changed.connect(self._update_buttons)
@@ -405,6 +426,14 @@ class SegmentDock(QWidget):
             f"{spacing} mm{'' if volume.spacing_known else ' (unknown)'}")
         self._refresh_gt_combo()
         self._update_buttons()
+
+    def _on_slice_changed(self, z: int) -> None:
+        vol = self.controller.volume
+        if vol is None or vol.n_slices == 1:
+            self.slice_info.setText("")
+            return
+        pos = float((vol.affine_lps @ [z, 0, 0, 1])[2])  # the slice's LPS z (superior +)
+        self.slice_info.setText(f"Slice <b>{z + 1}</b> of {vol.n_slices} · z = {pos:.1f} mm")
 
     def _on_prompts(self) -> None:
         positive = self.controller.positive

@@ -36,6 +36,20 @@ def test_missing_dataset_is_reported_not_raised(dock, tmp_path):
     assert "does not exist" in dock.status_label.text()
 
 
+def test_start_is_offered_only_for_a_labelled_dataset(dock, tmp_path, shared_data):
+    """It used to be enabled with no dataset and end in "Error: . holds no dataset" with the
+    progress bar at 100 %."""
+    assert dock.dataset_edit.text() == "" and not dock.start_button.isEnabled()
+    (tmp_path / "empty").mkdir()
+    dock.dataset_edit.setText(str(tmp_path / "empty"))  # typed, as a user would
+    assert not dock.start_button.isEnabled()
+    assert "holds no labelled dataset" in dock.start_button.toolTip()
+    dock.dataset_edit.setText(str(shared_data / "png_pairs" / "fetal_head_us"))
+    assert dock.start_button.isEnabled()
+    dock.dataset_edit.setText(str(shared_data / "png_pairs"))  # its datasets one level down
+    assert dock.start_button.isEnabled()
+
+
 def test_a_short_run_shows_progress_comparison_and_saves(dock, qtbot, tmp_path, shared_data):
     src = shared_data / "png_pairs" / "fetal_head_us"
     data = tmp_path / "mine"
@@ -58,6 +72,7 @@ def test_a_short_run_shows_progress_comparison_and_saves(dock, qtbot, tmp_path, 
     assert tasks == ["mine", "all"]  # tasks are named after the dataset folder
     assert dock.compare_table.item(0, 2).text() and dock.compare_table.item(0, 3).text()
     assert dock.save_button.isEnabled()
+    assert dock.start_button.isEnabled()  # ready for another run
     path = dock.save()
     assert path == tmp_path / "models" / "dock_model"
     from app.core.models.finetuned import list_user_models

@@ -375,3 +375,50 @@ def test_export_dialog_suggests_a_name_adds_the_extension_and_remembers(dock, qt
     suggested, filters, selected = asked[1]
     assert suggested == str(tmp_path / "ct_labels.dcm")
     assert filters[0] == selected == "DICOM SEG (*.dcm)"
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1600, 1000)])
+def test_nothing_in_the_dock_is_cut_off(make_napari_viewer, qtbot, monkeypatch, tmp_path, size):
+    """At 1280x800 the third candidate's figures and the right-hand buttons used to be cut
+    off: every button and every candidate label must lie inside the dock's viewport."""
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QAbstractButton, QComboBox, QLabel
+
+    from app.widgets.main_window import create_main_window
+
+    monkeypatch.setenv("SAMSCOPE_STATE_DIR", str(tmp_path / "state"))
+    win = create_main_window(viewer=make_napari_viewer(show=True))
+    dock, c = win.segment_dock, win.segment_dock.controller
+    try:
+        win.qt_window.resize(*size)
+        qtbot.waitUntil(lambda: dock.engine is not None, timeout=120_000)
+        _open(dock, qtbot, "ultrasound")
+        c.set_box(coords.mask_to_box_xyxy(c.truth[0] > 0))
+        rows, cols = np.nonzero(c.truth[0])
+        c.add_point(float(np.median(cols)), float(np.median(rows)))  # three candidates
+        qtbot.waitUntil(lambda: c.candidate_set is not None and len(c.candidate_set.shown) == 3,
+                        timeout=60_000)
+        qtbot.wait(100)
+        view = dock.scroll.viewport()
+        width = view.width()
+        assert width > 300, width
+        checked = 0
+        for w in dock.scroll.widget().findChildren(QAbstractButton) + \
+                dock.scroll.widget().findChildren(QComboBox) + \
+                [t.caption for t in dock.candidates_widget.tiles] + \
+                [t.truth for t in dock.candidates_widget.tiles]:
+            if not w.isVisibleTo(dock) or (isinstance(w, QLabel) and not w.text()):
+                continue
+            left = w.mapTo(view, QPoint(0, 0)).x()
+            assert left >= 0 and left + w.width() <= width + 1, (
+                f"{type(w).__name__} {getattr(w, 'text', lambda: '')()!r} spans "
+                f"{left}..{left + w.width()} of a {width}-px wide dock")
+            checked += 1
+        assert checked > 20
+        # the figures of the third candidate are readable, not elided away
+        assert "IoU" in dock.candidates_widget.tiles[2].truth.text()
+        assert dock.candidates_widget.tiles[2].truth.height() >= 2 * \
+            dock.candidates_widget.tiles[2].truth.fontMetrics().height() - 2
+    finally:
+        c.discard_unsaved()
+        dock.scheduler.shutdown(5)
