@@ -188,6 +188,20 @@ class BenchmarkDock(QWidget):
         self.out_button.clicked.connect(self._choose_out)
         g.addWidget(self.out_edit, 5, 1, 1, 2)
         g.addWidget(self.out_button, 5, 3)
+        g.addWidget(QLabel("Run on:"), 6, 0)
+        self.run_on_combo = QComboBox()
+        self.run_on_combo.addItem("this computer", None)
+        self.run_on_combo.addItem("Ray cluster at …", "ray")
+        self.run_on_combo.setToolTip("a Ray cluster needs samscope[cluster] and the dataset "
+                                     "at the same path on every node")
+        g.addWidget(self.run_on_combo, 6, 1)
+        self.ray_address_edit = QLineEdit("auto")
+        self.ray_address_edit.setToolTip("auto (RAY_ADDRESS, the cluster 'ray start' began "
+                                         "here, else a local Ray) or HOST:PORT of the head")
+        self.ray_address_edit.setEnabled(False)
+        self.run_on_combo.currentIndexChanged.connect(
+            lambda _i: self.ray_address_edit.setEnabled(self.run_on_combo.currentData() == "ray"))
+        g.addWidget(self.ray_address_edit, 6, 2, 1, 2)
         lay.addWidget(box)
 
         row = QHBoxLayout()
@@ -320,6 +334,12 @@ class BenchmarkDock(QWidget):
     # ======================================================================================
     # running
     # ======================================================================================
+    def ray_address(self) -> str | None:
+        """The Ray cluster chosen in "Run on" (None: this computer)."""
+        if self.run_on_combo.currentData() != "ray":
+            return None
+        return self.ray_address_edit.text().strip() or "auto"
+
     def plan(self, resume: bool = False):
         """The :class:`~app.core.benchmark.BenchmarkPlan` the controls describe."""
         from app.core.benchmark import BenchmarkPlan
@@ -341,7 +361,7 @@ class BenchmarkDock(QWidget):
             protocols=protocols, clicks=self.clicks_spin.value() if protocols else None,
             selections=selections, seed=self.seed_spin.value(), resume=resume,
             max_cases=self.max_cases_spin.value() or None,
-            max_slices=self.max_slices_spin.value() or None)
+            max_slices=self.max_slices_spin.value() or None, ray=self.ray_address())
 
     def run(self, resume: bool = False) -> bool:
         """Start the run the controls describe (in the background)."""
@@ -362,7 +382,7 @@ class BenchmarkDock(QWidget):
         from app.core.benchmark import plan_from_manifest
 
         try:
-            plan = plan_from_manifest(self.out_dir)
+            plan = plan_from_manifest(self.out_dir, ray=self.ray_address())
         except Exception as exc:  # noqa: BLE001
             self._on_log(f"Cannot resume: {exc}")
             return False
