@@ -44,7 +44,7 @@ def _crop_box(masks: np.ndarray, shape: tuple[int, int], extra: float = 0.35) ->
 
 
 def render_preview(image_unit: np.ndarray, mask: np.ndarray, crop: tuple[slice, slice],
-                   colour=(255, 200, 0), size_px: int = 112) -> np.ndarray:
+                   colour=(255, 200, 0), size_px: int = 104) -> np.ndarray:
     """An RGB uint8 thumbnail (size_px, size_px, 3) of ``image_unit`` with ``mask`` overlaid.
 
     Parameters
@@ -97,7 +97,7 @@ class _Tile(QFrame):
         self.setMinimumHeight(170)
         self.picture = QLabel()
         self.picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.picture.setMinimumSize(116, 116)
+        self.picture.setMinimumSize(106, 106)
         self.caption = QLabel()
         self.caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.truth = QLabel()

@@ -195,6 +195,8 @@ class LayerBinding:
             self._view(labels), name=LABELS_NAME, opacity=0.55, **geom,
             metadata={"samscope_volume": self.c.volume, "source": self.c.volume.source})
         self.labels_layer.editable = False  # objects change through the controller only
+        self._colour_key = None
+        self._colour_labels()
         self.preview_layer = self.viewer.add_labels(
             np.zeros(self._view(labels).shape, np.uint8), name=PREVIEW_NAME, opacity=0.5, **geom)
         self.preview_layer.colormap = DirectLabelColormap(color_dict={
@@ -402,7 +404,26 @@ class LayerBinding:
 
     def _on_labels(self) -> None:
         if self.labels_layer is not None:
+            self._colour_labels()
             self.labels_layer.refresh(extent=False)
+
+    def _colour_labels(self) -> None:
+        """Objects in the export palette (the Objects panel's swatches, DICOM SEG, ITK-SNAP);
+        hidden objects transparent."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from app.core.annotate.controller import object_colour
+
+        hidden = set(self.c.hidden)
+        n = max(64, int(self.c.next_label) + 1)
+        colours = {None: "transparent", 0: "transparent"}
+        for v in range(1, n):
+            colours[v] = "transparent" if v in hidden else \
+                "#{:02x}{:02x}{:02x}".format(*object_colour(v))
+        key = (n, frozenset(hidden))
+        if getattr(self, "_colour_key", None) != key:
+            self._colour_key = key
+            self.labels_layer.colormap = DirectLabelColormap(color_dict=colours)
 
     def _on_truth(self) -> None:
         if self.truth_from_user:
@@ -420,6 +441,11 @@ class LayerBinding:
             **self._geometry())
         self.truth_layer.contour = 2
         self.truth_layer.editable = False
+        from napari.utils.colormaps import DirectLabelColormap
+
+        # ground truth is a white outline: never mistaken for an object's colour
+        self.truth_layer.colormap = DirectLabelColormap(
+            color_dict={None: "#ffffff", 0: "transparent"})
         self._owned.append(self.truth_layer)
         # keep the prompt layers on top and active
         for layer in (self.preview_layer, self.box_layer, self.points_layer):

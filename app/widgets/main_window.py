@@ -9,6 +9,43 @@ from __future__ import annotations
 __all__ = ["create_main_window", "MainWindow", "raise_dock", "fit_to_screen"]
 
 
+def _scrolling(widget):
+    """``widget`` in a scroll area, so that a wide form (the Benchmark plan) scrolls instead of
+    widening the whole right-hand dock area, which the tabbed docks share."""
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setMinimumWidth(0)
+    return area
+
+
+def share_width(qt_window, segment_dock) -> None:
+    """Give the canvas the room: the right-hand docks about 30 % of the window (enough for
+    three candidate tiles), napari's layer list and controls about 20 %."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    def dock_of(widget):
+        while widget is not None and not isinstance(widget, QDockWidget):
+            widget = widget.parent()
+        return widget
+
+    width = max(qt_window.width(), 800)
+    right = dock_of(segment_dock)
+    if right is not None:
+        qt_window.resizeDocks([right], [int(min(max(430, 0.3 * width), 520))],
+                              Qt.Orientation.Horizontal)
+    left = [d for d in qt_window.findChildren(QDockWidget)
+            if qt_window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea
+            and not d.isFloating()]
+    if left:
+        qt_window.resizeDocks(left[:1], [int(min(max(220, 0.18 * width), 300))],
+                              Qt.Orientation.Horizontal)
+
+
 def fit_to_screen(qt_window, fraction: float = 0.92) -> None:
     """Open at ``fraction`` of the screen's available area, centred: napari's remembered
     size of a first launch (about 1089x700) leaves the image a strip beside the docks."""
@@ -85,7 +122,8 @@ def create_main_window(image_path=None, *, viewer=None, show: bool = True,
             BenchmarkDock = None  # noqa: N806
     if benchmark and BenchmarkDock is not None:
         bench = BenchmarkDock(viewer)
-        viewer.window.add_dock_widget(bench, name="Benchmark", area="right", tabify=True)
+        viewer.window.add_dock_widget(_scrolling(bench), name="Benchmark", area="right",
+                                      tabify=True)
         # tabify brings the new tab to the front; the clinician's dock comes first
         raise_dock(seg)
     try:  # the Adapt dock (fine-tuning) joins the same tab group when it is installed
@@ -95,8 +133,10 @@ def create_main_window(image_path=None, *, viewer=None, show: bool = True,
             raise
     else:
         adapt = AdaptDock(viewer)
-        viewer.window.add_dock_widget(adapt, name="Adapt", area="right", tabify=True)
+        viewer.window.add_dock_widget(_scrolling(adapt), name="Adapt", area="right",
+                                      tabify=True)
         raise_dock(seg)
+    share_width(viewer.window._qt_window, seg)
     if image_path:
         seg.open_path(str(image_path))
     return MainWindow(viewer, seg, bench)

@@ -19,6 +19,7 @@ from pathlib import Path
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QGuiApplication
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QMessageBox,
     QProgressBar,
@@ -33,6 +35,8 @@ from qtpy.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -286,6 +290,35 @@ class SegmentDock(QWidget):
         # objects
         box = QGroupBox("5. Objects")
         g = QGridLayout(box)
+        self.objects_table = QTableWidget(0, 5)
+        self.objects_table.setHorizontalHeaderLabels(["", "#", "name", "size", "vs GT"])
+        self.objects_table.verticalHeader().setVisible(False)
+        self.objects_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.objects_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.objects_table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
+                                           | QAbstractItemView.EditTrigger.EditKeyPressed
+                                           | QAbstractItemView.EditTrigger.SelectedClicked)
+        header = self.objects_table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.objects_table.setMinimumHeight(90)
+        self.objects_table.setToolTip("Tick to show or hide an object; double-click a name to "
+                                      "type one; pick a structure below to name it with its "
+                                      "SNOMED CT code. The chosen row is what Refine, Delete "
+                                      "and Propagate act on.")
+        self.objects_table.itemSelectionChanged.connect(self._on_object_selected)
+        self.objects_table.itemChanged.connect(self._on_object_item_changed)
+        g.addWidget(self.objects_table, 0, 0, 1, 2)
+        self.name_combo = QComboBox()
+        self.name_combo.setEditable(False)
+        self.name_combo.addItem("Name the chosen object…", "")
+        from app.core.terminology import TERMS
+
+        for term in TERMS():
+            self.name_combo.addItem(f"{term.name}  (SNOMED CT {term.code})", term.name)
+        self.name_combo.activated.connect(self._on_term_picked)
+        g.addWidget(self.name_combo, 1, 0, 1, 2)
+        self._filling_objects = False
         self.undo_button = QPushButton("Undo")
         self.redo_button = QPushButton("Redo")
         self.refine_button = QPushButton("Refine object")
@@ -305,16 +338,16 @@ class SegmentDock(QWidget):
         self.propagate_button.clicked.connect(lambda: self.controller.propagate())
         self.cancel_task_button.clicked.connect(self.controller.cancel_task)
         self.export_button.clicked.connect(self.choose_export)
-        g.addWidget(self.undo_button, 0, 0)
-        g.addWidget(self.redo_button, 0, 1)
-        g.addWidget(self.refine_button, 1, 0)
-        g.addWidget(self.delete_button, 1, 1)
-        g.addWidget(self.propagate_button, 2, 0)
-        g.addWidget(self.cancel_task_button, 2, 1)
-        g.addWidget(self.export_button, 3, 0, 1, 2)
+        g.addWidget(self.undo_button, 2, 0)
+        g.addWidget(self.redo_button, 2, 1)
+        g.addWidget(self.refine_button, 3, 0)
+        g.addWidget(self.delete_button, 3, 1)
+        g.addWidget(self.propagate_button, 4, 0)
+        g.addWidget(self.cancel_task_button, 4, 1)
+        g.addWidget(self.export_button, 5, 0, 1, 2)
         self.task_progress = QProgressBar()
         self.task_progress.setFormat("%v / %m")
-        g.addWidget(self.task_progress, 4, 0, 1, 2)
+        g.addWidget(self.task_progress, 6, 0, 1, 2)
         lay.addWidget(box)
 
         lay.addStretch(1)
@@ -383,6 +416,7 @@ class SegmentDock(QWidget):
         ev.task_finished.connect(lambda _s: self._update_buttons())
         ev.prefetch_progress.connect(self._on_prefetch_progress)
         ev.truth_changed.connect(self._on_truth)
+        ev.objects_changed.connect(self._fill_objects)
         self.viewer.layers.events.inserted.connect(lambda _e: self._refresh_gt_combo())
         self.viewer.layers.events.removed.connect(lambda _e: self._refresh_gt_combo())
 
@@ -739,6 +773,72 @@ class SegmentDock(QWidget):
 
     def _on_auto_label(self, on: bool) -> None:
         self.controller.auto_label = bool(on)
+
+    # --- objects ---------------------------------------------------------------------------
+    def _fill_objects(self) -> None:
+        from qtpy.QtGui import QColor
+
+        c = self.controller
+        objs = c.objects()
+        self._filling_objects = True
+        try:
+            table = self.objects_table
+            table.setRowCount(len(objs))
+            for r, o in enumerate(objs):
+                swatch = QTableWidgetItem()
+                swatch.setBackground(QColor(*o.colour))
+                swatch.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled
+                                | Qt.ItemFlag.ItemIsSelectable)
+                swatch.setCheckState(Qt.CheckState.Checked if o.visible
+                                     else Qt.CheckState.Unchecked)
+                swatch.setData(Qt.ItemDataRole.UserRole, o.label)
+                swatch.setToolTip("Shown" if o.visible else "Hidden")
+                num = QTableWidgetItem(str(o.label))
+                num.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+                name = QTableWidgetItem(o.name)
+                name.setToolTip(f"SNOMED CT {o.snomed}" if o.snomed else "Double-click to name")
+                decimals = 2 if o.size_unit == "mL" else 0
+                size = QTableWidgetItem(f"{o.size:.{decimals}f} {o.size_unit}")
+                size.setToolTip(f"{o.n_voxels} voxels")
+                size.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+                gt = QTableWidgetItem("" if o.truth_iou is None else f"IoU {o.truth_iou:.3f}")
+                gt.setToolTip("IoU with the ground-truth label this object overlaps most, "
+                              "on the slices the object has")
+                gt.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+                for col, item in enumerate((swatch, num, name, size, gt)):
+                    table.setItem(r, col, item)
+                if o.label == c.selected_label:
+                    table.selectRow(r)
+        finally:
+            self._filling_objects = False
+        self._update_buttons()
+
+    def _row_label(self, row: int) -> int:
+        item = self.objects_table.item(row, 0)
+        return int(item.data(Qt.ItemDataRole.UserRole)) if item is not None else 0
+
+    def _on_object_selected(self) -> None:
+        if self._filling_objects:
+            return
+        rows = {i.row() for i in self.objects_table.selectedItems()}
+        if rows:
+            self.controller.select_object(self._row_label(min(rows)))
+
+    def _on_object_item_changed(self, item) -> None:
+        if self._filling_objects:
+            return
+        label = self._row_label(item.row())
+        if item.column() == 0:
+            self.controller.set_visible(label, item.checkState() == Qt.CheckState.Checked)
+        elif item.column() == 2:
+            self.controller.set_name(label, item.text())
+
+    def _on_term_picked(self, index: int) -> None:
+        name = self.name_combo.itemData(index)
+        label = self.controller.selected_label
+        if name and label in self.controller.object_labels():
+            self.controller.set_name(label, name)
+        self.name_combo.setCurrentIndex(0)
 
     # ======================================================================================
     # export, recovery

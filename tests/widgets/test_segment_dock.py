@@ -422,3 +422,38 @@ def test_nothing_in_the_dock_is_cut_off(make_napari_viewer, qtbot, monkeypatch, 
     finally:
         c.discard_unsaved()
         dock.scheduler.shutdown(5)
+
+
+def test_objects_panel_names_hides_and_picks_the_object_to_act_on(dock, qtbot):
+    from qtpy.QtCore import Qt
+
+    _open(dock, qtbot, "ultrasound")
+    c = dock.controller
+    head = c.truth[0] > 0
+    _drag_box(dock, coords.mask_to_box_xyxy(head))
+    _wait_candidates(dock, qtbot)
+    _press(dock, "Enter")
+    _drag_box(dock, [10, 10, 120, 120])
+    _wait_candidates(dock, qtbot)
+    _press(dock, "Enter")
+    table = dock.objects_table
+    assert table.rowCount() == 2
+    assert table.item(0, 4).text().startswith("IoU 0.9")  # the head vs its ground truth
+    assert table.item(1, 4).text() == "IoU 0.000"  # the second object is not the head
+    # choose the first object and name it from the terminology list
+    table.selectRow(0)
+    assert c.selected_label == 1
+    k = next(i for i in range(dock.name_combo.count())
+             if dock.name_combo.itemData(i) == "Head (fetal head)")
+    dock.name_combo.activated.emit(k)
+    assert c.names[1] == "Head (fetal head)"
+    assert "SNOMED CT 69536005" in table.item(0, 2).toolTip()
+    # hide the second: its pixels go transparent on the labels layer, the map is unchanged
+    table.item(1, 0).setCheckState(Qt.CheckState.Unchecked)
+    assert c.hidden == {2} and (c.labels == 2).any()
+    assert dock.binding.labels_layer.colormap.map(2)[3] == 0
+    assert dock.binding.labels_layer.colormap.map(1)[3] > 0
+    # Delete acts on the chosen row
+    table.selectRow(1)
+    dock.delete_button.click()
+    assert c.object_labels() == [1] and table.rowCount() == 1

@@ -51,6 +51,8 @@ __all__ = [
     "ControllerEvents",
     "CandidateSet",
     "AcceptedObject",
+    "ObjectSummary",
+    "object_colour",
     "ModelIdentity",
     "Decision",
     "UnsavedWorkError",
@@ -95,7 +97,8 @@ class ControllerEvents(SignalGroup):
     prompts_changed = Signal()  # clicks / boxes / refine target / sign
     candidates_changed = Signal(object)  # CandidateSet or None
     selection_changed = Signal(int)
-    labels_changed = Signal()  # the label map changed
+    labels_changed = Signal()  # the label map (or which objects are shown) changed
+    objects_changed = Signal()  # an object was added, changed, named, hidden or scored
     history_changed = Signal()  # undo/redo availability, dirty state, next label
     model_changed = Signal(str)  # a model is ready (its registry name)
     model_failed = Signal(str, str)  # (name, message)
@@ -137,6 +140,29 @@ class CandidateSet:
     def usable(self, index: int) -> bool:
         """False for an empty mask: it cannot be accepted."""
         return bool(self.candidates.masks[index].any())
+
+
+@dataclass(frozen=True)
+class ObjectSummary:
+    """One accepted object as the Objects panel lists it."""
+
+    label: int
+    name: str
+    colour: tuple[int, int, int]  # RGB 0-255: the overlay's, the DICOM SEG's, ITK-SNAP's
+    n_voxels: int
+    size: float  # mL for volumes, mm² for 2D images (cm³ = mL)
+    size_unit: str  # "mL" or "mm²" (pixels when the spacing is unknown: "px")
+    snomed: str = ""  # SNOMED CT concept id when the name is a known term
+    #: IoU with the ground-truth label it overlaps most, on the slices the object has
+    truth_iou: float | None = None
+    visible: bool = True
+
+
+def object_colour(label: int) -> tuple[int, int, int]:
+    """The one palette objects are drawn in and exported with (DICOM SEG, ITK-SNAP)."""
+    from app.core.io.seg import SEGMENT_COLOURS
+
+    return tuple(SEGMENT_COLOURS[(int(label) - 1) % len(SEGMENT_COLOURS)])  # type: ignore
 
 
 @dataclass(frozen=True)
@@ -240,6 +266,7 @@ class AnnotationController:
         self.auto_label = True
         self.selected_label = 0  # the accepted object that refine/delete/propagate act on
         self.names: dict[int, str] = {}
+        self.hidden: set[int] = set()  # objects the user hid in the views
         self.candidate_set: CandidateSet | None = None
         self.selected = -1
         self.engine = None
@@ -317,6 +344,52 @@ class AnnotationController:
             logits = self.session.object_logits.get((z, self.prompts.refine_label))
         return self.prompts.to_prompt(z, logits)
 
+    def objects(self) -> list[ObjectSummary]:
+        """Every accepted object: name, colour, size, SNOMED code, IoU with its ground truth."""
+        from app.core.metrics import iou
+        from app.core.terminology import find_term
+
+        if self.session is None:
+            return []
+        labels = self.session.labels
+        counts = np.bincount(labels.ravel(), minlength=2)
+        vol = self.session.volume
+        sz, sy, sx = (float(s) for s in vol.spacing_mm)
+        if not vol.spacing_known:
+            per, unit = 1.0, "px"
+        elif vol.is_2d:
+            per, unit = sy * sx, "mm²"
+        else:
+            per, unit = sz * sy * sx / 1000.0, "mL"
+        out = []
+        for v in np.flatnonzero(counts[1:]) + 1:
+            v = int(v)
+            name = self.names.get(v, "")
+            term = find_term(name) if name else None
+            truth_iou = None
+            if self.truth is not None:
+                # on the slices the object has (annotating slice by slice is not an error)
+                zs = np.flatnonzero((labels == v).any(axis=(1, 2)))
+                mine = labels[zs] == v
+                values, n = np.unique(self.truth[zs][mine], return_counts=True)
+                keep = values != 0
+                if keep.any():
+                    truth_iou = iou(mine, self.truth[zs] == values[keep][np.argmax(n[keep])])
+                else:
+                    truth_iou = 0.0
+            out.append(ObjectSummary(
+                label=v, name=name, colour=object_colour(v), n_voxels=int(counts[v]),
+                size=float(counts[v]) * per, size_unit=unit,
+                snomed=term.code if term else "", truth_iou=truth_iou,
+                visible=v not in self.hidden))
+        return out
+
+    def set_visible(self, label: int, visible: bool) -> None:
+        """Show or hide object ``label`` in the views (the label map is unchanged)."""
+        (self.hidden.discard if visible else self.hidden.add)(int(label))
+        self.events.labels_changed.emit()
+        self.events.objects_changed.emit()
+
     def object_labels(self) -> list[int]:
         """The label values present in the label map, ascending."""
         if self.session is None:
@@ -367,6 +440,7 @@ class AnnotationController:
         self.z = 0
         self.positive = True
         self.names = {}
+        self.hidden = set()
         self.next_label, self.auto_label, self.selected_label = 1, True, 0
         self.candidate_set, self.selected = None, -1
         self._embedded.clear()
@@ -452,6 +526,7 @@ class AnnotationController:
                 return
         self.truth = truth
         self.events.truth_changed.emit()
+        self.events.objects_changed.emit()
 
     def truth_mask(self, z: int | None = None) -> np.ndarray | None:
         """The ground truth for the candidates on slice ``z``: the truth label they overlap
@@ -786,7 +861,7 @@ class AnnotationController:
         else:
             self.names.pop(int(label), None)
         self._journal("name", label=int(label), name=name)
-        self.events.history_changed.emit()
+        self.events.objects_changed.emit()
 
     def select_object(self, label: int) -> None:
         """The accepted object that Refine, Delete and Propagate act on."""
@@ -922,6 +997,7 @@ class AnnotationController:
         if self.auto_label or self.next_label in self.object_labels():
             self.next_label = int(self.session.labels.max()) + 1
         self.events.labels_changed.emit()
+        self.events.objects_changed.emit()
         self.events.history_changed.emit()
 
     def _on_history(self) -> None:
@@ -1016,8 +1092,16 @@ class AnnotationController:
         out = write_labels(path, self.session.labels, self.session.volume, overwrite=overwrite,
                            segment_names=dict(self.names) or None,
                            algorithm=f"SAMScope ({model})")
+        extra = []
+        if Path(out).name.endswith((".nii.gz", ".nii")):
+            # names and colours for ITK-SNAP / 3D Slicer, beside the label map
+            from app.core.io.itksnap import itksnap_path_for, write_itksnap_labels
+
+            extra.append(str(write_itksnap_labels(
+                itksnap_path_for(out), self.object_labels(), self.names,
+                [object_colour(v) for v in range(1, 65)])))
         self._saved_digest = _labels_digest(self.session.labels)
-        self._journal("export", durable=True, path=str(out),
+        self._journal("export", durable=True, path=str(out), also=extra,
                       labels_digest=self._saved_digest)
         self.events.history_changed.emit()
         self._status(f"Labels written to {out}")

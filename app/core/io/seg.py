@@ -117,6 +117,10 @@ def build_seg(
     algo = hd.AlgorithmIdentificationSequence(
         name=algorithm, version=__version__, family=codes.cid7162.ArtificialIntelligence
     )
+    from pydicom.sr.coding import Code
+
+    from app.core.terminology import coded
+
     descriptions = []
     for v in range(1, n_values + 1):
         rgb = SEGMENT_COLOURS[(v - 1) % len(SEGMENT_COLOURS)]
@@ -124,12 +128,17 @@ def build_seg(
         kwargs = {}
         if cielab is not None:
             kwargs["display_color"] = cielab
+        name = _segment_name(segment_names, v)
+        # a name from the terminology list (app.core.terminology) carries its SNOMED CT codes
+        term = coded(name)
+        category = Code(*term["category"]) if term else codes.SCT.Tissue
+        prop_type = Code(*term["type"]) if term else codes.SCT.Tissue
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=v,
-                segment_label=_segment_name(segment_names, v)[:64],
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Tissue,
+                segment_label=name[:64],
+                segmented_property_category=category,
+                segmented_property_type=prop_type,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
                 algorithm_identification=algo,
                 **kwargs,

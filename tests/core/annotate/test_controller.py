@@ -364,3 +364,41 @@ def test_two_instances_keep_their_own_recovery(points_engine, ultrasound, ct, tm
     b.shutdown()
     (work,), _ = recovery.find_pending(sessions)  # b's exported work is not offered
     assert work.path == a_log
+
+
+def test_objects_are_named_coded_measured_and_exported_with_their_names(points_engine, ct,
+                                                                         tmp_path):
+    import highdicom as hd
+
+    from app.core.io.itksnap import itksnap_path_for, read_itksnap_labels
+
+    volume, truth = ct
+    c = _controller(points_engine, tmp_path)
+    c.open(volume, truth)
+    c.set_slice(1)
+    c.set_box(coords.mask_to_box_xyxy(truth[1] > 0))
+    c.accept()
+    c.set_box([20, 20, 60, 60])  # a second object that matches no ground truth
+    c.accept()
+    c.set_name(1, "liver")  # typed: the terminology knows it
+    c.set_name(2, "my marker")
+    liver, marker = c.objects()
+    assert (liver.label, liver.name, liver.snomed) == (1, "liver", "10200004")
+    assert marker.snomed == "" and marker.truth_iou == 0.0
+    sz, sy, sx = volume.spacing_mm
+    assert liver.size_unit == "mL" and liver.size == pytest.approx(
+        liver.n_voxels * sz * sy * sx / 1000)
+    assert liver.truth_iou > 0.75  # scored against the liver label it overlaps (measured 0.84)
+    c.set_visible(2, False)
+    assert [o.visible for o in c.objects()] == [True, False]
+    # NIfTI + ITK-SNAP label description beside it
+    out = c.export(tmp_path / "ct_labels.nii.gz")
+    desc = read_itksnap_labels(itksnap_path_for(out))
+    assert desc[1] == (liver.colour, "liver") and desc[2][1] == "my marker"
+    # DICOM SEG: names as segment labels, the known one with its SNOMED CT code
+    seg = hd.seg.segread(str(c.export(tmp_path / "ct_labels.dcm")))
+    described = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
+    assert described[1].SegmentLabel == "liver" and described[2].SegmentLabel == "my marker"
+    assert described[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert described[1].SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == \
+        "Anatomical Structure"
