@@ -50,7 +50,7 @@ COLUMNS = (
 )
 _HEADER = (",".join(COLUMNS) + "\n").encode("utf-8")
 #: rows per Parquet row group (and per chunk held in memory while writing it)
-PARQUET_CHUNK_ROWS = 200_000
+PARQUET_CHUNK_ROWS = 50_000
 #: Columns identifying one results cell (a mode, or one iterative run with one selection).
 GROUP_KEY = ("dataset", "task", "case", "method", "protocol", "repeat", "selection")
 
