@@ -14,3 +14,6 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 python -m pip install -q -e ".[${extras}]"
+# RTSTRUCT export: rt-utils without its opencv-python (which carries a second Qt); the cv2 it
+# needs comes from opencv-python-headless, a dependency of SAMScope
+python -m pip install -q --no-deps "rt-utils>=1.2.7"

@@ -845,7 +845,7 @@ class SegmentDock(QWidget):
     # ======================================================================================
     #: export formats: filter text -> extension
     EXPORT_FORMATS = {"PNG mask (*.png)": ".png", "NIfTI (*.nii.gz)": ".nii.gz",
-                      "DICOM SEG (*.dcm)": ".dcm"}
+                      "DICOM SEG (*.dcm)": ".dcm", "DICOM RTSTRUCT (*.dcm)": ".dcm"}
 
     def export_filters(self) -> list[str]:
         """The formats this image can be exported to, the remembered one first."""
@@ -853,6 +853,10 @@ class SegmentDock(QWidget):
         filters = ["NIfTI (*.nii.gz)"]
         if c.volume.meta.get("dicom_datasets"):
             filters.append("DICOM SEG (*.dcm)")
+            from app.core.io.rtstruct import rtstruct_available
+
+            if rtstruct_available() and not c.volume.is_2d:
+                filters.append("DICOM RTSTRUCT (*.dcm)")
         if c.volume.is_2d:
             filters.insert(0, "PNG mask (*.png)")
         last = self._settings().value("export/filter", "")
@@ -895,16 +899,17 @@ class SegmentDock(QWidget):
         ext = self.EXPORT_FORMATS.get(chosen, "")
         if ext and not path.lower().endswith(tuple(self.EXPORT_FORMATS.values()) + (".nii",)):
             path += ext  # a bare name gets the chosen format's extension
-        out = self.export_labels(path)
+        out = self.export_labels(path, format="rtstruct" if "RTSTRUCT" in chosen else None)
         if out is not None:
             self._settings().setValue("export/folder", str(out.parent))
             self._settings().setValue("export/filter", chosen)
         return out
 
-    def export_labels(self, path) -> Path | None:
-        """Write the label map by extension (.nii.gz/.nii, .dcm DICOM SEG, .png)."""
+    def export_labels(self, path, format: str | None = None) -> Path | None:
+        """Write the label map by extension (.nii.gz/.nii, .dcm DICOM SEG, .png), or as an
+        RTSTRUCT (``format="rtstruct"``)."""
         try:
-            out = self.controller.export(path)
+            out = self.controller.export(path, format=format)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self._notify(f"Export failed: {exc}", error=True)
             return None

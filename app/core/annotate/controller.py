@@ -1078,20 +1078,30 @@ class AnnotationController:
     # ======================================================================================
     # export, discard, close
     # ======================================================================================
-    def export(self, path, *, overwrite: bool = True) -> Path:
-        """Write the label map by extension (``.nii.gz``/``.nii``, ``.dcm`` DICOM SEG,
-        ``.png``) with the object names; afterwards the labels count as saved.
+    def export(self, path, *, overwrite: bool = True, format: str | None = None) -> Path:
+        """Write the label map with the object names; afterwards the labels count as saved.
 
-        Raises the writer's error (naming the file) when it fails.
+        ``format`` None: by extension (``.nii.gz``/``.nii``, ``.dcm`` DICOM SEG, ``.png``);
+        ``"rtstruct"``: a DICOM RT Structure Set (contours) for a DICOM series. A NIfTI gets an
+        ITK-SNAP label description beside it. Raises the writer's error (naming the file).
         """
         from app.core.io import write_labels
 
         if self.session is None:
             raise ValueError("no image is open")
         model = self.identity.title if self.identity else "SAMScope"
-        out = write_labels(path, self.session.labels, self.session.volume, overwrite=overwrite,
-                           segment_names=dict(self.names) or None,
-                           algorithm=f"SAMScope ({model})")
+        if format == "rtstruct":
+            from app.core.io.rtstruct import write_rtstruct
+
+            out = write_rtstruct(path, self.session.labels, self.session.volume,
+                                 names=self.names, overwrite=overwrite,
+                                 colours=[object_colour(v) for v in range(1, 65)])
+        elif format is not None:
+            raise ValueError(f"unknown export format {format!r}")
+        else:
+            out = write_labels(path, self.session.labels, self.session.volume,
+                               overwrite=overwrite, segment_names=dict(self.names) or None,
+                               algorithm=f"SAMScope ({model})")
         extra = []
         if Path(out).name.endswith((".nii.gz", ".nii")):
             # names and colours for ITK-SNAP / 3D Slicer, beside the label map
