@@ -378,10 +378,38 @@ class SegmentDock(QWidget):
         self._install_close_guard()
 
     def _install_close_guard(self) -> None:
-        """Watch the main window's close (once the dock sits in it)."""
+        """Watch the main window's close and give it the dock's keys (once the dock sits in
+        it)."""
         if self._close_guard is None and self.window() is not self:
             self._close_guard = _CloseGuard(self)
             self.window().installEventFilter(self._close_guard)
+            self._install_shortcuts(self.window())
+
+    def _install_shortcuts(self, window) -> None:
+        """The dock's keys wherever the focus is in the window (after clicking one of the
+        dock's buttons too), not only on the canvas. A text field or spin box keeps its own
+        keys: Qt gives typing precedence over window shortcuts."""
+        from qtpy.QtGui import QKeySequence, QShortcut
+
+        keys = {
+            "1": lambda: self._choose_shown(0),
+            "2": lambda: self._choose_shown(1),
+            "3": lambda: self._choose_shown(2),
+            "Return": self.accept,
+            "Enter": self.accept,
+            "N": self.controller.toggle_positive,
+            "Escape": self.controller.clear_prompts,
+            "Ctrl+Z": self.controller.undo,
+            "Ctrl+Shift+Z": self.controller.redo,
+            "PgUp": lambda: self.controller.set_slice(self.controller.z - 1),
+            "PgDown": lambda: self.controller.set_slice(self.controller.z + 1),
+        }
+        self._shortcuts = []
+        for key, fn in keys.items():
+            sc = QShortcut(QKeySequence(key), window)
+            sc.setContext(Qt.ShortcutContext.WindowShortcut)
+            sc.activated.connect(fn)
+            self._shortcuts.append(sc)
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)

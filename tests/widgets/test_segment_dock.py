@@ -457,3 +457,33 @@ def test_objects_panel_names_hides_and_picks_the_object_to_act_on(dock, qtbot):
     table.selectRow(1)
     dock.delete_button.click()
     assert c.object_labels() == [1] and table.rowCount() == 1
+
+
+def test_keys_work_with_the_focus_in_the_dock(dock, qtbot):
+    """Keys used to do nothing unless the canvas had the focus; after clicking a dock button
+    the user pressed Enter and nothing was accepted."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    window = dock.window()
+    window.show()
+    window.activateWindow()  # shortcuts go to the active window, as on a desktop
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5_000)
+    _open(dock, qtbot, "ct")
+    c = dock.controller
+    dock.box_button.click()
+    dock.box_button.setFocus()
+    qtbot.keyClick(dock.box_button, Qt.Key.Key_PageDown)  # next slice
+    assert c.z == 1
+    _drag_box(dock, box_from_mask(c.truth[1] > 0), z=1)
+    _wait_candidates(dock, qtbot)
+    dock.box_button.setFocus()
+    qtbot.keyClick(dock.box_button, Qt.Key.Key_Return)
+    assert c.labels[1].any()
+    qtbot.keyClick(dock.box_button, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert not c.labels.any()
+    # typing a label value still goes into the spin box, not to the shortcuts
+    dock.label_spin.setFocus()
+    dock.label_spin.lineEdit().selectAll()
+    qtbot.keyClicks(dock.label_spin, "3")
+    assert dock.label_spin.value() == 3 and c.next_label == 3
