@@ -1,7 +1,7 @@
 """How the benchmark scales: this process vs Ray with 1 and 2 workers, and 10^3 -> 10^5 images.
 
     python bench/scale.py                 # compare (300 images) + growth 10^3, 10^4 (a few minutes)
-    python bench/scale.py --big           # growth up to 10^5 images too (about 20 minutes here)
+    python bench/scale.py --big           # growth up to 10^5 images too (8-10 minutes more here)
     python bench/scale.py --compare 0 --sizes 1000,3000
 
 Synthetic 64x64 ultrasound-like images (a noisy bright ellipse on a darker background) are made
