@@ -30,14 +30,14 @@ def test_ct_sample_labels_agree_between_nifti_and_seg():
 def test_ultrasound_sample_spacing_and_mask():
     vol, labels = load_sample("ultrasound")
     assert vol.is_2d and vol.spacing_known
-    assert vol.spacing_mm[1] == pytest.approx(0.0656, abs=1e-4)
+    assert vol.spacing_mm[1] == pytest.approx(0.1109, abs=1e-4)
     assert labels.shape == vol.shape and set(np.unique(labels)) == {0, 1}
-    # head circumference from the mask (ellipse by moments) close to HC18's 67.84 mm
+    # head circumference from the mask (ellipse by moments) close to HC18's 172.56 mm
     rows, cols = np.nonzero(labels[0])
     cov = np.cov(np.vstack([rows, cols]))
     a, b = 2 * np.sqrt(np.linalg.eigvalsh(cov))  # semi-axes in px
     hc_px = np.pi * (3 * (a + b) - np.sqrt((3 * a + b) * (a + 3 * b)))
-    assert hc_px * vol.spacing_mm[1] == pytest.approx(67.84, rel=0.03)
+    assert hc_px * vol.spacing_mm[1] == pytest.approx(172.56, rel=0.03)
 
 
 def test_samples_equal_the_developer_data(shared_data):
