@@ -511,7 +511,7 @@ class SegmentDock(QWidget):
             self.candidates_box.setTitle("4. Candidates")
         else:
             shown = list(cs.shown)
-            unit = self.controller.session.image(cs.z).unit_range()
+            unit = self.controller.session.unit_image(cs.z)
             self.candidates_widget.show_candidates(
                 unit, cs.candidates.masks[shown], cs.candidates.scores[shown],
                 selected=cs.preselected if cs.preselected in shown else 0, note=cs.note)

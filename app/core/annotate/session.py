@@ -86,12 +86,25 @@ class SegmentSession:
 
     # --- model input -----------------------------------------------------------------------
     def image(self, z: int) -> Image2D:
-        """Slice ``z`` as the model sees it, through the session's current window."""
-        base = self.volume.slice(z)
-        return Image2D(
-            pixels=base.pixels, window=self.window, modality=base.modality,
-            spacing_mm=base.spacing_mm,
-        )
+        """Slice ``z`` as the model sees it, through the session's current window.
+
+        Built directly (``Volume.slice`` would work out the volume's default window again,
+        percentiles over every voxel, on every click)."""
+        if not 0 <= z < self.volume.n_slices:
+            raise IndexError(f"slice {z} is outside 0..{self.volume.n_slices - 1}")
+        sp = self.volume.spacing_mm
+        return Image2D(pixels=self.volume.pixels[z], window=self.window,
+                       modality=self.volume.modality, spacing_mm=(float(sp[1]), float(sp[2])))
+
+    def unit_image(self, z: int):
+        """Slice ``z`` mapped to [0, 1] through the window (for previews), cached per window."""
+        key = (z, self.window)
+        cache = self.__dict__.setdefault("_unit_cache", {})
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            cache[key] = self.image(z).unit_range()
+        return cache[key]
 
     # --- edits -----------------------------------------------------------------------------
     def accept(
