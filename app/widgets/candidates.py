@@ -13,19 +13,9 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-__all__ = ["CandidatesWidget", "render_preview", "mask_scores"]
+__all__ = ["CandidatesWidget", "render_preview"]
 
 _COLOURS = np.array([[255, 200, 0], [0, 200, 255], [255, 80, 200]], np.float32)
-
-
-def mask_scores(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """``(IoU, Dice)`` of two bool masks of the same shape (1.0, 1.0 when both are empty)."""
-    inter = float(np.logical_and(mask, truth).sum())
-    total = float(mask.sum() + truth.sum())
-    union = total - inter
-    if total == 0:
-        return 1.0, 1.0
-    return inter / union, 2 * inter / total
 
 
 def _crop_box(masks: np.ndarray, shape: tuple[int, int], extra: float = 0.35) -> tuple[slice, slice]:
@@ -134,7 +124,8 @@ class CandidatesWidget(QWidget):
     """Three candidate previews; emits ``selected(index)`` when the user picks one.
 
     Call :meth:`show_candidates` with the image slice (in [0, 1]), the candidate masks and their
-    predicted IoUs; :meth:`set_truth` with a ground-truth mask (or None) for live IoU/Dice.
+    predicted IoUs; :meth:`set_scores` with their (IoU, Dice) against the ground truth, as the
+    controller computes them (:meth:`AnnotationController.truth_scores`), or None.
     """
 
     selected = Signal(int)
@@ -154,7 +145,7 @@ class CandidatesWidget(QWidget):
         outer.addWidget(self.note)
         self.masks: np.ndarray | None = None
         self.scores: np.ndarray | None = None
-        self.truth: np.ndarray | None = None
+        self.scores_vs_truth: list[tuple[float, float]] | None = None
         self.current = -1
         self._image = None
         self.clear("Draw a box (or click) on the object to see candidates here.")
@@ -166,12 +157,10 @@ class CandidatesWidget(QWidget):
 
     def truth_scores(self) -> list[tuple[float, float]]:
         """``(IoU, Dice)`` of each shown candidate against the ground truth ([] if none)."""
-        if self.truth is None or self.masks is None:
-            return []
-        return [mask_scores(m, self.truth) for m in self.masks]
+        return list(self.scores_vs_truth or [])
 
     def clear(self, note: str = "") -> None:
-        self.masks = self.scores = None
+        self.masks = self.scores = self.scores_vs_truth = None
         self.current = -1
         for t in self.tiles:
             t.picture.clear()
@@ -186,6 +175,7 @@ class CandidatesWidget(QWidget):
                         selected: int = 0, note: str = "") -> None:
         """Show candidate ``masks`` (bool, (K, H, W)) with predicted IoUs ``scores`` (K,)."""
         self._image = image_unit
+        self.scores_vs_truth = None  # the view's owner sets the new masks' scores
         self.masks = np.asarray(masks, bool)
         self.scores = np.asarray(scores, float)
         crop = _crop_box(self.masks, self.masks.shape[1:])
@@ -200,9 +190,9 @@ class CandidatesWidget(QWidget):
         self._update_truth()
         self.select(selected)
 
-    def set_truth(self, truth: np.ndarray | None) -> None:
-        """Ground truth (bool, (H, W)) for live IoU/Dice, or None to hide them."""
-        self.truth = None if truth is None else np.asarray(truth, bool)
+    def set_scores(self, scores: list[tuple[float, float]] | None) -> None:
+        """(IoU, Dice) against the ground truth for each shown candidate, or None to hide."""
+        self.scores_vs_truth = None if scores is None else [tuple(v) for v in scores]
         self._update_truth()
 
     def select(self, index: int) -> None:

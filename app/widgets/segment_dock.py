@@ -515,7 +515,7 @@ class SegmentDock(QWidget):
             self.candidates_widget.show_candidates(
                 unit, cs.candidates.masks[shown], cs.candidates.scores[shown],
                 selected=cs.preselected if cs.preselected in shown else 0, note=cs.note)
-            self.candidates_widget.set_truth(self.controller.truth_mask())
+            self.candidates_widget.set_scores(self.controller.truth_scores())
             self.answered_by.setText(f"Answered by <b>{cs.answered_by}</b> in "
                                      f"{cs.latency_s * 1000:.0f} ms.")
             self.candidates_box.setTitle("4. Candidates (1/2/3 to choose, Enter to accept)"
@@ -682,7 +682,7 @@ class SegmentDock(QWidget):
     def _on_truth(self) -> None:
         layer = self.binding.truth_layer
         self._refresh_gt_combo(select=layer.name if layer is not None else "(none)")
-        self.candidates_widget.set_truth(self.controller.truth_mask())
+        self.candidates_widget.set_scores(self.controller.truth_scores())
 
     def truth_mask(self):
         return self.controller.truth_mask()

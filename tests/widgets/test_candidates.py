@@ -5,18 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.widgets.candidates import CandidatesWidget, mask_scores, render_preview
+from app.widgets.candidates import CandidatesWidget, render_preview
 
 pytestmark = pytest.mark.gui
-
-
-def test_mask_scores_by_hand():
-    a = np.zeros((4, 4), bool)
-    b = np.zeros((4, 4), bool)
-    a[0, :2] = True  # 2 px
-    b[0, 1:4] = True  # 3 px, 1 shared
-    iou, dice = mask_scores(a, b)
-    assert iou == pytest.approx(1 / 4) and dice == pytest.approx(2 / 5)
 
 
 def test_three_candidates_selection_and_truth(qtbot):
@@ -33,11 +24,12 @@ def test_three_candidates_selection_and_truth(qtbot):
     assert w.count == 3 and w.current == 1 and got == [1]
     assert all(t.isVisibleTo(w) for t in w.tiles)
     assert "0.90" in w.tiles[1].caption.text()
-    truth = masks[1].copy()
-    w.set_truth(truth)
-    scores = w.truth_scores()
-    assert scores[1] == (1.0, 1.0) and scores[0][0] == pytest.approx(100 / 400)
-    assert "IoU 1.000" in w.tiles[1].truth.text()
+    # the scores against the ground truth come from the controller (one metric path)
+    w.set_scores([(0.25, 0.4), (1.0, 1.0), (0.254, 0.405)])
+    assert w.truth_scores()[1] == (1.0, 1.0)
+    assert "IoU 1.000" in w.tiles[1].truth.text() and "Dice 0.400" in w.tiles[0].truth.text()
+    w.set_scores(None)
+    assert w.tiles[1].truth.text() == ""
     w.select(2)
     assert w.current == 2 and got[-1] == 2
     w.select(7)  # out of range: ignored

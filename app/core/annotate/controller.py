@@ -466,10 +466,6 @@ class AnnotationController:
                   on_done: Callable[[bool], None] | None = None) -> bool:
         """Ask about unexported labels first, then read ``path`` in the background and open it
         (``truth_path``: ground-truth labels aligned to it). False when the user cancelled."""
-        if not self.may_leave("open another image", discard=discard):
-            self._status("Kept the current image: its labels are not exported yet.")
-            return False
-        self._status(f"Reading {path} …")
 
         def read():
             from app.core.io import read_image, read_labels
@@ -477,35 +473,34 @@ class AnnotationController:
             vol = read_image(path)
             return vol, (read_labels(truth_path, vol) if truth_path else None)
 
-        def done(value, error):
-            if error is not None:
-                self._error(f"Could not open {path}: {error}")
-                ok = False
-            else:
-                ok = self.open(value[0], value[1], discard=True)
-            if on_done is not None:
-                on_done(ok)
-
-        self.scheduler.background(read, done)
-        return True
+        return self._open_in_background(read, f"Reading {path} …", f"Could not open {path}",
+                                        discard=discard, on_done=on_done)
 
     def open_sample(self, which: str, *, discard: bool = False,
                     on_done: Callable[[bool], None] | None = None) -> bool:
         """Open a bundled sample (``"ultrasound"``, ``"ct"``) with its ground truth."""
-        if not self.may_leave("open a sample", discard=discard):
-            self._status("Kept the current image: its labels are not exported yet.")
-            return False
-        self._status(f"Opening the {which} sample …")
 
         def read():
             from app.core.io.samples import load_sample
 
             return load_sample(which)
 
+        return self._open_in_background(read, f"Opening the {which} sample …",
+                                        f"Could not open the {which} sample",
+                                        discard=discard, on_done=on_done)
+
+    def _open_in_background(self, read: Callable[[], tuple], busy: str, failed: str, *,
+                            discard: bool, on_done: Callable[[bool], None] | None) -> bool:
+        """Ask first, then ``read()`` -> (volume, truth or None) off this thread, then open."""
+        if not self.may_leave("open another image", discard=discard):
+            self._status("Kept the current image: its labels are not exported yet.")
+            return False
+        self._status(busy)
+
         def done(value, error):
             ok = False
             if error is not None:
-                self._error(f"Could not open the {which} sample: {error}")
+                self._error(f"{failed}: {error}")
             else:
                 ok = self.open(value[0], value[1], discard=True)
             if on_done is not None:
