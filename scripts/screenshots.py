@@ -1,9 +1,13 @@
-"""Regenerate the README's screenshots of the two docks into ``docs/``.
+"""Regenerate the README's screenshots of the docks into ``docs/``, at the size the window
+opens with on the screen it runs on (no resize: what a user sees first).
 
-    xvfb-run -a python scripts/screenshots.py [--data ../shared/data/png_pairs/fetal_head_us]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py [--out docs]
+    xvfb-run -a -s "-screen 0 1280x800x24" python scripts/screenshots.py --out /tmp/small
+    # the README keeps the second run's segment_dock.png as docs/segment_dock_1280x800.png
 
-* ``docs/segment_dock.png``: the bundled ultrasound sample, a box on the fetal head, the
-  candidate with its predicted IoU and its IoU/Dice against the ground truth.
+* ``docs/segment_dock.png``: the bundled ultrasound sample, a box and a click on the fetal
+  head, the three candidates with their predicted IoU and their IoU/Dice against the ground
+  truth.
 * ``docs/segment_propagate.png``: the bundled 3-slice CT after accepting the liver on the middle
   slice and propagating it through the volume.
 * ``docs/benchmark_dock.png``: a small real benchmark (LiteMedSAM and the random walker, the five
