@@ -41,8 +41,25 @@ __all__ = ["BenchmarkDock", "CASE_LAYER_KEY"]
 #: metadata flag on layers opened from a results row (the Segment dock leaves them alone)
 CASE_LAYER_KEY = "samscope_benchmark_case"
 
-_SUMMARY_COLUMNS = ["dataset", "task", "method", "protocol", "click", "selection", "n",
-                    "iou_mean", "iou_ci_low", "iou_ci_high", "dice_mean", "seconds_mean"]
+# the figures first: the IoU column used to be off-screen
+_SUMMARY_COLUMNS = ["method", "protocol", "iou_mean", "iou_ci_low", "iou_ci_high", "dice_mean",
+                    "n", "task", "click", "selection", "dataset", "seconds_mean"]
+#: the prompt modes as the paper names them
+MODE_TITLES = {1: "1 point, largest part", 2: "1 point per part (≤3)", 3: "box, largest part",
+               4: "1 box per part (≤3)", 5: "box around all parts"}
+#: methods the default plan runs: the box model for boxes, the click model for points
+DEFAULT_METHODS = ("litemedsam", "litemedsam_points")
+
+
+def default_run_folder(dataset_root) -> Path:
+    """``<Documents>/SAMScope runs/<dataset>-<date-time>``: never inside the dataset (which
+    may be read-only, and must not fill up with results)."""
+    import time
+
+    import platformdirs
+
+    base = Path(platformdirs.user_documents_dir()) / "SAMScope runs"
+    return base / f"{Path(dataset_root).name or 'dataset'}-{time.strftime('%Y%m%d-%H%M')}"
 _CASE_COLUMNS = ["dataset", "task", "case", "slice", "method", "protocol", "click",
                  "selection", "iou", "dice", "seconds"]
 
@@ -129,16 +146,14 @@ class BenchmarkDock(QWidget):
         g.addWidget(self.methods_list, 0, 1, 1, 3)
         self._fill_methods()
         g.addWidget(QLabel("Modes:"), 1, 0)
-        row = QHBoxLayout()
+        row = QGridLayout()
         self.mode_checks = []
         for m in range(1, 6):
-            c = QCheckBox(str(m))
+            c = QCheckBox(f"{m}: {MODE_TITLES[m]}")
             c.setChecked(True)
-            c.setToolTip({1: "one point, largest component", 2: "a point per component (≤3)",
-                          3: "box, largest component", 4: "a box per component (≤3)",
-                          5: "one box around the whole mask"}[m])
+            c.setToolTip(f"Prompt mode {m} of Mazurowski et al. 2023: {MODE_TITLES[m]}")
             self.mode_checks.append(c)
-            row.addWidget(c)
+            row.addWidget(c, (m - 1) // 2, (m - 1) % 2)
         g.addLayout(row, 1, 1, 1, 3)
         g.addWidget(QLabel("Clicks:"), 2, 0)
         self.protocol_combo = QComboBox()
@@ -262,7 +277,7 @@ class BenchmarkDock(QWidget):
             item = QListWidgetItem(name + ("  (needs download)" if name in unavailable else ""))
             item.setData(Qt.ItemDataRole.UserRole, name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if name == "litemedsam"
+            item.setCheckState(Qt.CheckState.Checked if name in DEFAULT_METHODS
                                else Qt.CheckState.Unchecked)
             self.methods_list.addItem(item)
 
@@ -327,8 +342,7 @@ class BenchmarkDock(QWidget):
                              (" …" if len(suite.skipped) > 5 else ""))
             self.data_info.setText("<br>".join(lines))
             if not self.out_edit.text():
-                self.out_edit.setText(str(Path(suite.root).resolve().parent /
-                                          f"samscope-run-{Path(suite.root).name}"))
+                self.out_edit.setText(str(default_run_folder(suite.root)))
         self._update_buttons()
 
     # ======================================================================================
@@ -355,6 +369,10 @@ class BenchmarkDock(QWidget):
         out = self.out_edit.text().strip()
         if not out:
             raise ValueError("choose an output folder")
+        data = Path(self.data_edit.text().strip()).resolve()
+        if data.is_dir() and Path(out).resolve().is_relative_to(data):
+            raise ValueError(f"the run folder {out} is inside the dataset {data}: choose one "
+                             "outside it (results must not mix with the data)")
         return BenchmarkPlan(
             data=self.data_edit.text().strip(), out_dir=out, methods=tuple(methods),
             modes=tuple(i + 1 for i, c in enumerate(self.mode_checks) if c.isChecked()),
@@ -499,7 +517,38 @@ class BenchmarkDock(QWidget):
         self.results = df
         self.summary = summarize(df) if len(df) else None
         self._fill_table(self.summary_table, self.summary, _SUMMARY_COLUMNS)
+        self._mark_unanswerable(df)
         self._fill_table(self.cases_table, df, _CASE_COLUMNS, keep_index=True)
+
+    def unanswerable(self, df) -> set[tuple[str, str]]:
+        """(method, protocol) pairs whose every row is a prompt the method is not meant for
+        (a box-only model given points): their IoU says nothing about the method."""
+        if df is None or "prompt_supported" not in df.columns:
+            return set()
+        ok = df["prompt_supported"].astype(str).str.lower().isin(("true", "1", "1.0"))
+        grouped = ok.groupby([df["method"], df["protocol"]]).any()
+        return {(str(m), str(p)) for (m, p), any_ok in grouped.items() if not any_ok}
+
+    def _mark_unanswerable(self, df) -> None:
+        """Show such rows as 'not meant for this prompt', not as a failure at 0.000."""
+        bad = self.unanswerable(df)
+        table = self.summary_table
+        if not bad or table.rowCount() == 0:
+            return
+        header = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+        col = {name: i for i, name in enumerate(header)}
+        for r in range(table.rowCount()):
+            key = (table.item(r, col["method"]).text(), table.item(r, col["protocol"]).text())
+            if key not in bad:
+                continue
+            for name in ("iou_mean", "iou_ci_low", "iou_ci_high", "dice_mean"):
+                if name in col:
+                    item = QTableWidgetItem("n/a" if name != "iou_mean"
+                                            else "n/a: not meant for this prompt")
+                    item.setToolTip(f"{key[0]} is not meant for {key[1]} prompts (a box model "
+                                    "given points); see the click model's rows")
+                    table.setItem(r, col[name], item)
+        table.resizeColumnsToContents()
 
     def _fill_table(self, table: QTableWidget, df, columns, keep_index: bool = False) -> None:
         table.setSortingEnabled(False)

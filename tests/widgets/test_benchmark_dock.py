@@ -103,3 +103,43 @@ def test_cancel_leaves_a_resumable_folder(bench, qtbot, shared_data, tmp_path):
     assert lines[: len(done_before)] == done_before  # resume changes nothing that was done
     assert len(lines) == 1 + len(stems)
     assert set(bench.results["case"]) == set(stems)
+
+
+def test_default_plan_output_and_rows_a_method_cannot_answer(bench, qtbot, shared_data,
+                                                             tmp_path, monkeypatch):
+    """The default output used to sit beside the (read-only) dataset, modes were bare
+    numbers, and a box model's point rows showed as IoU 0.000 failures."""
+    import platformdirs
+    from qtpy.QtCore import Qt
+
+    monkeypatch.setattr(platformdirs, "user_documents_dir", lambda: str(tmp_path / "Documents"))
+    data = _pairs(shared_data, tmp_path, ["307_HC"])
+    bench.set_dataset(data)
+    qtbot.waitUntil(lambda: bench.suite is not None, timeout=30_000)
+    out = bench.out_edit.text()
+    assert out.startswith(str(tmp_path / "Documents" / "SAMScope runs" / "us-"))
+    assert [c.text() for c in bench.mode_checks][0] == "1: 1 point, largest part"
+    checked = {bench.methods_list.item(i).data(Qt.ItemDataRole.UserRole)
+               for i in range(bench.methods_list.count())
+               if bench.methods_list.item(i).checkState() == Qt.CheckState.Checked}
+    assert checked == {"litemedsam", "litemedsam_points"}  # every default row means something
+    # a run folder inside the dataset is refused with the reason
+    bench.out_edit.setText(str(data / "run"))
+    assert not bench.run()
+    assert "inside the dataset" in bench.log_label.text()
+    # the box model alone on a point mode: its row says so instead of 0.000
+    for i in range(bench.methods_list.count()):
+        item = bench.methods_list.item(i)
+        item.setCheckState(Qt.CheckState.Checked if item.data(Qt.ItemDataRole.UserRole)
+                           == "litemedsam" else Qt.CheckState.Unchecked)
+    _plan_controls(bench, {1, 3})
+    bench.out_edit.setText(out)
+    assert bench.run()
+    qtbot.waitUntil(lambda: not bench.running, timeout=240_000)
+    assert bench.status == "done", bench.log_label.text()
+    table = bench.summary_table
+    header = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    assert header[:3] == ["method", "protocol", "iou_mean"]
+    rows = {table.item(r, 1).text(): table.item(r, 2).text() for r in range(table.rowCount())}
+    assert rows["mode1"].startswith("n/a")
+    assert float(rows["mode3"]) > 0.85  # a real box IoU on 307_HC (measured 0.949)
