@@ -6,9 +6,10 @@ controller's events; the napari layers are kept in step by
 :class:`~app.widgets.workers.QtScheduler`'s engine thread. The workflow itself (prompts, labels,
 undo, unsaved-work checks, the session log) lives in the controller, where plain tests drive it.
 
-Keys (anywhere in the window): 1/2/3 choose a candidate, Enter accepts, Ctrl+Z / Ctrl+Shift+Z
-undo/redo, N toggles object/background clicks (Alt/Ctrl-click adds a background click),
-Escape clears the prompts.
+Keys (anywhere in the window, unless a text field has the focus): 1/2/3 choose a candidate,
+Enter accepts, Ctrl+Z / Ctrl+Shift+Z undo/redo, N toggles object/background clicks
+(Alt/Ctrl-click adds a background click), Escape clears the prompts, Left/Right or
+PageUp/PageDown change slice.
 """
 
 from __future__ import annotations
@@ -403,6 +404,8 @@ class SegmentDock(QWidget):
             "Ctrl+Shift+Z": self.controller.redo,
             "PgUp": lambda: self.controller.set_slice(self.controller.z - 1),
             "PgDown": lambda: self.controller.set_slice(self.controller.z + 1),
+            "Left": lambda: self.controller.set_slice(self.controller.z - 1),
+            "Right": lambda: self.controller.set_slice(self.controller.z + 1),
         }
         self._shortcuts = []
         for key, fn in keys.items():

@@ -473,7 +473,10 @@ def test_keys_work_with_the_focus_in_the_dock(dock, qtbot):
     c = dock.controller
     dock.box_button.click()
     dock.box_button.setFocus()
-    qtbot.keyClick(dock.box_button, Qt.Key.Key_PageDown)  # next slice
+    qtbot.keyClick(dock.box_button, Qt.Key.Key_Right)  # next slice, focus on a button
+    assert c.z == 1
+    qtbot.keyClick(dock.box_button, Qt.Key.Key_PageDown)
+    qtbot.keyClick(dock.box_button, Qt.Key.Key_PageUp)
     assert c.z == 1
     _drag_box(dock, box_from_mask(c.truth[1] > 0), z=1)
     _wait_candidates(dock, qtbot)
@@ -482,8 +485,11 @@ def test_keys_work_with_the_focus_in_the_dock(dock, qtbot):
     assert c.labels[1].any()
     qtbot.keyClick(dock.box_button, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert not c.labels.any()
-    # typing a label value still goes into the spin box, not to the shortcuts
+    # arrows in a text field move its cursor, not the slice
     dock.label_spin.setFocus()
+    qtbot.keyClick(dock.label_spin, Qt.Key.Key_Left)
+    assert c.z == 1
+    # typing a label value still goes into the spin box, not to the shortcuts
     dock.label_spin.lineEdit().selectAll()
     qtbot.keyClicks(dock.label_spin, "3")
     assert dock.label_spin.value() == 3 and c.next_label == 3
