@@ -212,12 +212,30 @@ class LayerBinding:
         self._owned += [self.labels_layer, self.preview_layer, self.box_layer, self.points_layer]
         self.points_layer.events.data.connect(self._on_points_edited)
         self.box_layer.events.data.connect(self._on_boxes_edited)
+        for layer in (self.points_layer, self.box_layer):
+            # napari's own hints name its layer keys (e.g. <3> for select), which SAMScope
+            # uses for the candidates: say what the keys do here instead
+            layer.events.mode.connect(lambda _e, ly=layer: self._set_help(ly))
+            self._set_help(layer)
         self._drawn_points, self._drawn_boxes = [], []
         self.activate_box_mode()
 
     # ======================================================================================
     # modes
     # ======================================================================================
+    _KEYS_HELP = "1/2/3 choose a candidate · Enter accept · Ctrl+Z undo · Esc clear prompts"
+
+    def _set_help(self, layer) -> None:
+        mode = str(layer.mode)
+        if layer is self.points_layer and mode == "add":
+            text = ("click: object point (N or Alt-click: background) · " + self._KEYS_HELP)
+        elif layer is self.box_layer and mode == "add_rectangle":
+            text = "drag a box around the object · " + self._KEYS_HELP
+        else:
+            text = "Draw box / Add points in the Segment dock to prompt · " + self._KEYS_HELP
+        layer.help = text
+        if self.viewer.layers.selection.active is layer:
+            self.viewer.help = text  # the status bar (napari copied the old text already)
     def activate_box_mode(self) -> None:
         """Select the box layer in rectangle mode: the next drag draws a box."""
         if self.box_layer is not None:

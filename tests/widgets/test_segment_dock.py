@@ -493,3 +493,12 @@ def test_keys_work_with_the_focus_in_the_dock(dock, qtbot):
     dock.label_spin.lineEdit().selectAll()
     qtbot.keyClicks(dock.label_spin, "3")
     assert dock.label_spin.value() == 3 and c.next_label == 3
+
+
+def test_status_bar_names_the_dock_keys_not_napari_layer_modes(dock, qtbot):
+    """napari's hint said '<3> for select points' while 3 chooses the third candidate."""
+    _open(dock, qtbot, "ultrasound")
+    dock.point_button.click()
+    assert "<3>" not in dock.viewer.help and "1/2/3 choose a candidate" in dock.viewer.help
+    dock.box_button.click()
+    assert "<3>" not in dock.viewer.help and "drag a box" in dock.viewer.help
