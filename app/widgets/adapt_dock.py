@@ -28,7 +28,6 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -72,7 +71,9 @@ class AdaptDock(QWidget):
 
     # --- UI -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
+        from app.widgets._scroll import scrolling_layout
+
+        layout = scrolling_layout(self)
         form = QFormLayout()
         row = QHBoxLayout()
         self.dataset_edit = QLineEdit()

@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -121,7 +120,9 @@ class BenchmarkDock(QWidget):
     # UI
     # ======================================================================================
     def _build_ui(self) -> None:
-        lay = QVBoxLayout(self)
+        from app.widgets._scroll import scrolling_layout
+
+        lay = scrolling_layout(self)  # the plan form scrolls rather than widen the docks
         lay.setContentsMargins(6, 6, 6, 6)
 
         box = QGroupBox("Dataset")

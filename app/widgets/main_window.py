@@ -9,19 +9,6 @@ from __future__ import annotations
 __all__ = ["create_main_window", "MainWindow", "raise_dock", "fit_to_screen"]
 
 
-def _scrolling(widget):
-    """``widget`` in a scroll area, so that a wide form (the Benchmark plan) scrolls instead of
-    widening the whole right-hand dock area, which the tabbed docks share."""
-    from qtpy.QtWidgets import QFrame, QScrollArea
-
-    area = QScrollArea()
-    area.setWidget(widget)
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setMinimumWidth(0)
-    return area
-
-
 def share_width(qt_window, segment_dock) -> None:
     """Give the canvas the room: the right-hand docks about 30 % of the window (enough for
     three candidate tiles), napari's layer list and controls about 20 %."""
@@ -122,8 +109,7 @@ def create_main_window(image_path=None, *, viewer=None, show: bool = True,
             BenchmarkDock = None  # noqa: N806
     if benchmark and BenchmarkDock is not None:
         bench = BenchmarkDock(viewer)
-        viewer.window.add_dock_widget(_scrolling(bench), name="Benchmark", area="right",
-                                      tabify=True)
+        viewer.window.add_dock_widget(bench, name="Benchmark", area="right", tabify=True)
         # tabify brings the new tab to the front; the clinician's dock comes first
         raise_dock(seg)
     try:  # the Adapt dock (fine-tuning) joins the same tab group when it is installed
@@ -133,8 +119,7 @@ def create_main_window(image_path=None, *, viewer=None, show: bool = True,
             raise
     else:
         adapt = AdaptDock(viewer)
-        viewer.window.add_dock_widget(_scrolling(adapt), name="Adapt", area="right",
-                                      tabify=True)
+        viewer.window.add_dock_widget(adapt, name="Adapt", area="right", tabify=True)
         raise_dock(seg)
     share_width(viewer.window._qt_window, seg)
     if image_path:

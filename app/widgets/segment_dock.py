@@ -110,6 +110,7 @@ class SegmentDock(QWidget):
         app = QGuiApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.controller.shutdown)
+            app.aboutToQuit.connect(lambda: self.scheduler.shutdown(0.5))
         self.destroyed.connect(lambda *_: self.scheduler.shutdown(0.1))
         # adopt an image that is already open (dock added from the Plugins menu)
         for layer in list(self.viewer.layers)[::-1]:

@@ -261,6 +261,7 @@ class QtScheduler(QObject):
         self._background_done.connect(self._on_background_done)
         self._task_callbacks: dict[int, tuple[Callable, Callable]] = {}
         self._prefetch_progress: Callable[[int, int], None] | None = None
+        self._background: list[threading.Thread] = []
 
     # --- Scheduler -------------------------------------------------------------------------
     def predict(self, job, done) -> None:
@@ -289,7 +290,9 @@ class QtScheduler(QObject):
                 value, error = None, exc
             self._background_done.emit(done, value, error)
 
-        threading.Thread(target=run, name="samscope-background", daemon=True).start()
+        thread = threading.Thread(target=run, name="samscope-background", daemon=True)
+        self._background = [t for t in self._background if t.is_alive()] + [thread]
+        thread.start()
 
     # --- delivery on the GUI thread --------------------------------------------------------
     def _on_predicted(self, result: PredictionResult) -> None:
@@ -317,5 +320,11 @@ class QtScheduler(QObject):
     def busy(self) -> bool:
         return self.engine_thread.busy
 
-    def shutdown(self, timeout_s: float = 1.0) -> None:
+    def shutdown(self, timeout_s: float = 1.0, background_timeout_s: float = 30.0) -> None:
+        """Stop the engine thread, and let a model load or file read still running finish
+        (up to ``background_timeout_s``): a thread killed inside torch or ONNX Runtime at
+        interpreter exit aborts the process ("terminate called without an active
+        exception")."""
         self.engine_thread.shutdown(timeout_s)
+        for thread in self._background:
+            thread.join(background_timeout_s)

@@ -39,6 +39,15 @@ def _plan_controls(dock, modes):
         c.setChecked(i + 1 in modes)
 
 
+def _only_method(dock, name):
+    from qtpy.QtCore import Qt
+
+    for i in range(dock.methods_list.count()):
+        item = dock.methods_list.item(i)
+        item.setCheckState(Qt.CheckState.Checked if item.data(Qt.ItemDataRole.UserRole) == name
+                           else Qt.CheckState.Unchecked)
+
+
 def test_run_to_the_end_shows_table_figures_and_opens_a_case(bench, qtbot, shared_data,
                                                              tmp_path):
     data = _pairs(shared_data, tmp_path, ["006_HC", "033_HC"])
@@ -83,6 +92,7 @@ def test_cancel_leaves_a_resumable_folder(bench, qtbot, shared_data, tmp_path):
     bench.set_dataset(data)
     qtbot.waitUntil(lambda: bench.suite is not None, timeout=30_000)
     _plan_controls(bench, {5})
+    _only_method(bench, "litemedsam")  # one row per case
     out = tmp_path / "run"
     bench.out_edit.setText(str(out))
     assert bench.run()
@@ -128,10 +138,7 @@ def test_default_plan_output_and_rows_a_method_cannot_answer(bench, qtbot, share
     assert not bench.run()
     assert "inside the dataset" in bench.log_label.text()
     # the box model alone on a point mode: its row says so instead of 0.000
-    for i in range(bench.methods_list.count()):
-        item = bench.methods_list.item(i)
-        item.setCheckState(Qt.CheckState.Checked if item.data(Qt.ItemDataRole.UserRole)
-                           == "litemedsam" else Qt.CheckState.Unchecked)
+    _only_method(bench, "litemedsam")
     _plan_controls(bench, {1, 3})
     bench.out_edit.setText(out)
     assert bench.run()

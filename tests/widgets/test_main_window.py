@@ -106,3 +106,34 @@ def test_samscope_with_a_path_opens_it_in_the_app(monkeypatch):
     assert seen["image"] == path
     seen.clear()
     assert main(["gui", path]) == 0 and seen["image"] == path
+
+
+def test_window_opens_at_screen_size_with_the_image_fitted(qtbot, monkeypatch, tmp_path):
+    """It opened at 1089x701 on a 1600x1000 screen with the image about 135 px wide."""
+    from qtpy.QtWidgets import QApplication
+
+    from app.widgets.main_window import create_main_window
+
+    monkeypatch.setenv("SAMSCOPE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # a first launch
+    win = create_main_window(show=True)  # as `samscope` opens it: no viewer given, no resize
+    try:
+        qtbot.waitUntil(win.qt_window.isVisible, timeout=10_000)
+        area = QApplication.primaryScreen().availableGeometry()
+        assert win.qt_window.width() >= 0.9 * area.width()
+        assert win.qt_window.height() >= 0.9 * area.height()
+        c = win.segment_dock.controller
+        c.open_sample("ultrasound")
+        qtbot.waitUntil(lambda: c.session is not None, timeout=60_000)
+        qtbot.wait(200)
+        canvas = win.viewer.window._qt_viewer.canvas.native
+        # the whole image is in view and fills the canvas along one side
+        h_mm, w_mm = (n * s for n, s in zip(c.volume.shape[1:], c.volume.spacing_mm[1:]))
+        zoom = win.viewer.camera.zoom  # screen px per world unit (mm)
+        shown_w, shown_h = w_mm * zoom, h_mm * zoom
+        assert shown_w <= canvas.width() + 2 and shown_h <= canvas.height() + 2
+        assert max(shown_w / canvas.width(), shown_h / canvas.height()) > 0.85
+        assert canvas.width() >= 0.35 * win.qt_window.width()  # the canvas, not the docks
+    finally:
+        win.segment_dock.controller.discard_unsaved()
+        win.close()
