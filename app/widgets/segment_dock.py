@@ -20,7 +20,6 @@ from pathlib import Path
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QGuiApplication
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -28,7 +27,6 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QMessageBox,
     QProgressBar,
@@ -36,8 +34,6 @@ from qtpy.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -47,6 +43,7 @@ from app.core.annotate.controller import AUTO_MODEL, AnnotationController, Decis
 from app.core.image import WINDOW_PRESETS, Volume, Window, auto_window
 from app.widgets.candidates import CandidatesWidget
 from app.widgets.layer_binding import OWN_LAYERS, LayerBinding
+from app.widgets.objects_panel import ObjectsPanel
 from app.widgets.workers import QtScheduler
 
 __all__ = ["SegmentDock", "state_dir"]
@@ -292,35 +289,10 @@ class SegmentDock(QWidget):
         # objects
         box = QGroupBox("5. Objects")
         g = QGridLayout(box)
-        self.objects_table = QTableWidget(0, 5)
-        self.objects_table.setHorizontalHeaderLabels(["", "#", "name", "size", "vs GT"])
-        self.objects_table.verticalHeader().setVisible(False)
-        self.objects_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.objects_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.objects_table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
-                                           | QAbstractItemView.EditTrigger.EditKeyPressed
-                                           | QAbstractItemView.EditTrigger.SelectedClicked)
-        header = self.objects_table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        self.objects_table.setMinimumHeight(90)
-        self.objects_table.setToolTip("Tick to show or hide an object; double-click a name to "
-                                      "type one; pick a structure below to name it with its "
-                                      "SNOMED CT code. The chosen row is what Refine, Delete "
-                                      "and Propagate act on.")
-        self.objects_table.itemSelectionChanged.connect(self._on_object_selected)
-        self.objects_table.itemChanged.connect(self._on_object_item_changed)
-        g.addWidget(self.objects_table, 0, 0, 1, 2)
-        self.name_combo = QComboBox()
-        self.name_combo.setEditable(False)
-        self.name_combo.addItem("Name the chosen object…", "")
-        from app.core.terminology import TERMS
-
-        for term in TERMS():
-            self.name_combo.addItem(f"{term.name}  (SNOMED CT {term.code})", term.name)
-        self.name_combo.activated.connect(self._on_term_picked)
-        g.addWidget(self.name_combo, 1, 0, 1, 2)
-        self._filling_objects = False
+        self.objects_panel = ObjectsPanel(self.controller)
+        self.objects_table = self.objects_panel.table  # for scripts and tests
+        self.name_combo = self.objects_panel.name_combo
+        g.addWidget(self.objects_panel, 0, 0, 2, 2)
         self.undo_button = QPushButton("Undo")
         self.redo_button = QPushButton("Redo")
         self.refine_button = QPushButton("Refine object")
@@ -448,7 +420,7 @@ class SegmentDock(QWidget):
         ev.task_finished.connect(lambda _s: self._update_buttons())
         ev.prefetch_progress.connect(self._on_prefetch_progress)
         ev.truth_changed.connect(self._on_truth)
-        ev.objects_changed.connect(self._fill_objects)
+        ev.objects_changed.connect(self._update_buttons)
         self.viewer.layers.events.inserted.connect(lambda _e: self._refresh_gt_combo())
         self.viewer.layers.events.removed.connect(lambda _e: self._refresh_gt_combo())
 
@@ -806,136 +778,16 @@ class SegmentDock(QWidget):
     def _on_auto_label(self, on: bool) -> None:
         self.controller.auto_label = bool(on)
 
-    # --- objects ---------------------------------------------------------------------------
-    def _fill_objects(self) -> None:
-        from qtpy.QtGui import QColor
-
-        c = self.controller
-        objs = c.objects()
-        self._filling_objects = True
-        try:
-            table = self.objects_table
-            table.setRowCount(len(objs))
-            for r, o in enumerate(objs):
-                swatch = QTableWidgetItem()
-                swatch.setBackground(QColor(*o.colour))
-                swatch.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled
-                                | Qt.ItemFlag.ItemIsSelectable)
-                swatch.setCheckState(Qt.CheckState.Checked if o.visible
-                                     else Qt.CheckState.Unchecked)
-                swatch.setData(Qt.ItemDataRole.UserRole, o.label)
-                swatch.setToolTip("Shown" if o.visible else "Hidden")
-                num = QTableWidgetItem(str(o.label))
-                num.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
-                name = QTableWidgetItem(o.name)
-                name.setToolTip(f"SNOMED CT {o.snomed}" if o.snomed else "Double-click to name")
-                decimals = 2 if o.size_unit == "mL" else 0
-                size = QTableWidgetItem(f"{o.size:.{decimals}f} {o.size_unit}")
-                size.setToolTip(f"{o.n_voxels} voxels")
-                size.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
-                gt = QTableWidgetItem("" if o.truth_iou is None else f"IoU {o.truth_iou:.3f}")
-                gt.setToolTip("IoU with the ground-truth label this object overlaps most, "
-                              "on the slices the object has")
-                gt.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
-                for col, item in enumerate((swatch, num, name, size, gt)):
-                    table.setItem(r, col, item)
-                if o.label == c.selected_label:
-                    table.selectRow(r)
-        finally:
-            self._filling_objects = False
-        self._update_buttons()
-
-    def _row_label(self, row: int) -> int:
-        item = self.objects_table.item(row, 0)
-        return int(item.data(Qt.ItemDataRole.UserRole)) if item is not None else 0
-
-    def _on_object_selected(self) -> None:
-        if self._filling_objects:
-            return
-        rows = {i.row() for i in self.objects_table.selectedItems()}
-        if rows:
-            self.controller.select_object(self._row_label(min(rows)))
-
-    def _on_object_item_changed(self, item) -> None:
-        if self._filling_objects:
-            return
-        label = self._row_label(item.row())
-        if item.column() == 0:
-            self.controller.set_visible(label, item.checkState() == Qt.CheckState.Checked)
-        elif item.column() == 2:
-            self.controller.set_name(label, item.text())
-
-    def _on_term_picked(self, index: int) -> None:
-        name = self.name_combo.itemData(index)
-        label = self.controller.selected_label
-        if name and label in self.controller.object_labels():
-            self.controller.set_name(label, name)
-        self.name_combo.setCurrentIndex(0)
-
     # ======================================================================================
     # export, recovery
     # ======================================================================================
-    #: export formats: filter text -> extension
-    EXPORT_FORMATS = {"PNG mask (*.png)": ".png", "NIfTI (*.nii.gz)": ".nii.gz",
-                      "DICOM SEG (*.dcm)": ".dcm", "DICOM RTSTRUCT (*.dcm)": ".dcm"}
-
-    def export_filters(self) -> list[str]:
-        """The formats this image can be exported to, the remembered one first."""
-        c = self.controller
-        filters = ["NIfTI (*.nii.gz)"]
-        if c.volume.meta.get("dicom_datasets"):
-            filters.append("DICOM SEG (*.dcm)")
-            from app.core.io.rtstruct import rtstruct_available
-
-            if rtstruct_available() and not c.volume.is_2d:
-                filters.append("DICOM RTSTRUCT (*.dcm)")
-        if c.volume.is_2d:
-            filters.insert(0, "PNG mask (*.png)")
-        last = self._settings().value("export/filter", "")
-        if last in filters:
-            filters.remove(last)
-            filters.insert(0, last)
-        return filters
-
-    def suggested_export_path(self, filter_text: str) -> str:
-        """``<folder>/<source name>_labels.<ext>``: the folder last exported to (else the
-        source's), the extension of the chosen format."""
-        src = Path(str(self.controller.volume.source or "image"))
-        stem = src.name
-        for ext in (".nii.gz", ".nii", ".nrrd", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
-                    ".bmp", ".dcm"):
-            if stem.lower().endswith(ext):
-                stem = stem[: -len(ext)]
-                break
-        folder = self._settings().value("export/folder", "") or (
-            str(src.parent) if src.parent.is_dir() else str(Path.home()))
-        return str(Path(folder) / f"{stem}_labels{self.EXPORT_FORMATS[filter_text]}")
-
-    @staticmethod
-    def _settings():
-        """SAMScope's own remembered choices, beside its session logs (not napari's)."""
-        from qtpy.QtCore import QSettings
-
-        return QSettings(str(recovery.state_dir() / "settings.ini"), QSettings.Format.IniFormat)
-
     def choose_export(self) -> Path | None:
         """Ask where to export (name suggested, extension from the format) and write."""
+        from app.widgets.export_dialog import ask_and_export
+
         if self.controller.session is None:
             return None
-        filters = self.export_filters()
-        path, chosen = QFileDialog.getSaveFileName(
-            self, "Export labels", self.suggested_export_path(filters[0]), ";;".join(filters),
-            filters[0])
-        if not path:
-            return None
-        ext = self.EXPORT_FORMATS.get(chosen, "")
-        if ext and not path.lower().endswith(tuple(self.EXPORT_FORMATS.values()) + (".nii",)):
-            path += ext  # a bare name gets the chosen format's extension
-        out = self.export_labels(path, format="rtstruct" if "RTSTRUCT" in chosen else None)
-        if out is not None:
-            self._settings().setValue("export/folder", str(out.parent))
-            self._settings().setValue("export/filter", chosen)
-        return out
+        return ask_and_export(self, self.controller, self.export_labels)
 
     def export_labels(self, path, format: str | None = None) -> Path | None:
         """Write the label map by extension (.nii.gz/.nii, .dcm DICOM SEG, .png), or as an
