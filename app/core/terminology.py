@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Term", "TERMS", "find_term", "term_names", "coded"]
+__all__ = ["Term", "TERMS", "find_term", "coded"]
 
 _ANATOMY = "AnatomicalStructure"
 _ABNORMAL = "MorphologicallyAbnormalStructure"
@@ -75,10 +75,6 @@ def TERMS() -> tuple[Term, ...]:  # noqa: N802 - a constant, built on first use
     if _TERMS is None:
         _TERMS = _build()
     return _TERMS
-
-
-def term_names() -> list[str]:
-    return [t.name for t in TERMS()]
 
 
 def find_term(name: str) -> Term | None:

@@ -46,9 +46,7 @@ from app.widgets.layer_binding import OWN_LAYERS, LayerBinding
 from app.widgets.objects_panel import ObjectsPanel
 from app.widgets.workers import QtScheduler
 
-__all__ = ["SegmentDock", "state_dir"]
-
-state_dir = recovery.state_dir  # where the session logs live ($SAMSCOPE_STATE_DIR overrides)
+__all__ = ["SegmentDock"]
 
 
 class _Signals(QObject):
@@ -365,23 +363,8 @@ class SegmentDock(QWidget):
         keys: Qt gives typing precedence over window shortcuts."""
         from qtpy.QtGui import QKeySequence, QShortcut
 
-        keys = {
-            "1": lambda: self._choose_shown(0),
-            "2": lambda: self._choose_shown(1),
-            "3": lambda: self._choose_shown(2),
-            "Return": self.accept,
-            "Enter": self.accept,
-            "N": self.controller.toggle_positive,
-            "Escape": self.controller.clear_prompts,
-            "Ctrl+Z": self.controller.undo,
-            "Ctrl+Shift+Z": self.controller.redo,
-            "PgUp": lambda: self.controller.set_slice(self.controller.z - 1),
-            "PgDown": lambda: self.controller.set_slice(self.controller.z + 1),
-            "Left": lambda: self.controller.set_slice(self.controller.z - 1),
-            "Right": lambda: self.controller.set_slice(self.controller.z + 1),
-        }
         self._shortcuts = []
-        for key, fn in keys.items():
+        for _, key, fn in self._key_actions():
             sc = QShortcut(QKeySequence(key), window)
             sc.setContext(Qt.ShortcutContext.WindowShortcut)
             sc.activated.connect(fn)
@@ -528,25 +511,39 @@ class SegmentDock(QWidget):
         if cs is not None and k < len(cs.shown):
             self.controller.choose(cs.shown[k])
 
+    def _key_actions(self) -> list[tuple[str | None, str, object]]:
+        """The dock's keys, once: (napari key name or None, Qt key sequence, action)."""
+        c = self.controller
+
+        def step(d):
+            return lambda: c.set_slice(c.z + d)
+
+        return [
+            ("1", "1", lambda: self._choose_shown(0)),
+            ("2", "2", lambda: self._choose_shown(1)),
+            ("3", "3", lambda: self._choose_shown(2)),
+            ("Enter", "Return", self.accept),
+            (None, "Enter", self.accept),  # the keypad's
+            ("N", "N", c.toggle_positive),
+            ("Escape", "Escape", c.clear_prompts),
+            ("Control-Z", "Ctrl+Z", c.undo),
+            ("Control-Shift-Z", "Ctrl+Shift+Z", c.redo),
+            (None, "PgUp", step(-1)),
+            (None, "PgDown", step(+1)),
+            (None, "Left", step(-1)),
+            (None, "Right", step(+1)),
+        ]
+
     def _bind_keys(self, target) -> None:
         """Bind the dock's keys on the viewer (they work wherever the focus is in the window);
         instance bindings win over napari's layer bindings (e.g. 1/2/3 as layer modes)."""
-        bindings = {
-            "1": lambda *_: self._choose_shown(0),
-            "2": lambda *_: self._choose_shown(1),
-            "3": lambda *_: self._choose_shown(2),
-            "Enter": lambda *_: self.accept(),
-            "Control-Z": lambda *_: self.controller.undo(),
-            "Control-Shift-Z": lambda *_: self.controller.redo(),
-            "N": lambda *_: self.controller.toggle_positive(),
-            "Escape": lambda *_: self.controller.clear_prompts(),
-        }
-        for key, fn in bindings.items():
+        for key, _, fn in self._key_actions():
+            if key is None:
+                continue  # napari's own binding (e.g. Left/Right steps the slider) serves
             try:
-                target.bind_key(key, fn, overwrite=True)
+                target.bind_key(key, lambda *_, fn=fn: fn(), overwrite=True)
             except Exception:  # noqa: BLE001 - a key napari refuses is not fatal
                 pass
-        self._key_bindings = bindings
 
     # ======================================================================================
     # images
@@ -659,9 +656,6 @@ class SegmentDock(QWidget):
         layer = self.binding.truth_layer
         self._refresh_gt_combo(select=layer.name if layer is not None else "(none)")
         self.candidates_widget.set_scores(self.controller.truth_scores())
-
-    def truth_mask(self):
-        return self.controller.truth_mask()
 
     # ======================================================================================
     # models

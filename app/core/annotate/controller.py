@@ -174,18 +174,21 @@ class AcceptedObject:
     effort: dict[str, float] = field(default_factory=dict)
 
 
-def image_digest(volume: Volume) -> str:
-    """Content hash of the pixels (shape and dtype included): which image a log belongs to."""
+def _array_digest(array: np.ndarray) -> str:
+    """Content hash of an array, its shape and dtype included."""
     h = hashlib.blake2b(digest_size=16)
-    px = np.ascontiguousarray(volume.pixels)
-    h.update(f"{px.shape}|{px.dtype}".encode())
-    h.update(memoryview(px).cast("B"))
+    a = np.ascontiguousarray(array)
+    h.update(f"{a.shape}|{a.dtype}".encode())
+    h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
 
-def _labels_digest(labels: np.ndarray) -> str:
-    return hashlib.blake2b(memoryview(np.ascontiguousarray(labels)).cast("B"),
-                           digest_size=16).hexdigest()
+def image_digest(volume: Volume) -> str:
+    """Content hash of the pixels: which image a log belongs to."""
+    return _array_digest(volume.pixels)
+
+
+_labels_digest = _array_digest  # has the label map changed since the last export?
 
 
 def model_identity(model) -> ModelIdentity:
@@ -719,6 +722,9 @@ class AnnotationController:
         """Forget candidates and make pending predictions stale."""
         self._generation += 1
         self.scheduler.cancel_predictions()
+        self._drop_candidates()
+
+    def _drop_candidates(self) -> None:
         if self.candidate_set is not None:
             self.candidate_set, self.selected = None, -1
             self.events.candidates_changed.emit(None)
@@ -732,9 +738,7 @@ class AnnotationController:
         if prompt is None:
             self.scheduler.cancel_predictions()
             self.events.hint.emit("")
-            if self.candidate_set is not None:
-                self.candidate_set, self.selected = None, -1
-                self.events.candidates_changed.emit(None)
+            self._drop_candidates()
             return
         engine, identity = self.engine, self.identity
         if engine is None:
@@ -744,9 +748,7 @@ class AnnotationController:
         if prompt.has_points and not prompt.has_box and not caps.points:
             # a box model cannot answer clicks alone: say so, offer nothing to accept
             self.scheduler.cancel_predictions()
-            if self.candidate_set is not None:
-                self.candidate_set, self.selected = None, -1
-                self.events.candidates_changed.emit(None)
+            self._drop_candidates()
             self.events.hint.emit(
                 f"{identity.title} is trained on boxes: clicks alone give no usable mask. "
                 "Draw a box around the object (clicks then refine it), or choose "
@@ -781,14 +783,13 @@ class AnnotationController:
         ranked = cands.meaningful and len(cands) > 1
         shown = tuple(range(len(cands))) if ranked else (0,)
         pre = choose_candidate(cands)
+        answered_by = _answered_by(engine.model, identity, prompt)
         note = ""
         if not ranked and len(cands) > 1:
-            note = (f"{_answered_by(engine.model, identity, prompt)} gives one usable mask for "
-                    "this prompt: its extra outputs are near-copies whose scores cannot be "
-                    "ranked.")
+            note = (f"{answered_by} gives one usable mask for this prompt: its extra outputs "
+                    "are near-copies whose scores cannot be ranked.")
         cs = CandidateSet(z=z, prompt=prompt, candidates=cands, shown=shown, preselected=pre,
-                          answered_by=_answered_by(engine.model, identity, prompt),
-                          latency_s=latency_s, note=note)
+                          answered_by=answered_by, latency_s=latency_s, note=note)
         self.latencies_s.append(latency_s)
         self.candidate_set, self.selected = cs, pre
         if not any(cs.usable(i) for i in shown):
