@@ -65,12 +65,73 @@ __all__ = [
     "standard_next_click",
     "noc",
     "derive_rng",
+    "CosmosStrategy",
+    "parse_cosmos",
+    "is_iterative",
 ]
 
 #: The paper's five prompt modes.
 MODES = (1, 2, 3, 4, 5)
 #: Iterative clicking protocols.
 PROTOCOLS = ("paper", "standard")
+#: Most points of one sign a COSMOS strategy may ask for.
+COSMOS_MAX_POINTS = 20
+
+
+@dataclass(frozen=True)
+class CosmosStrategy:
+    """One of COSMOS's (Huang et al. 2023) prompt strategies, parsed from its protocol name.
+
+    Names: ``cosmos-centroid``, ``cosmos-box``, ``cosmos-box-centroid``, ``cosmos-{N}pos``,
+    ``cosmos-{N}pos{M}neg`` (N, M in 1..20; e.g. ``cosmos-5pos5neg``).
+
+    Attributes
+    ----------
+    name : str
+    n_pos, n_neg : int
+        Positive / negative points (the first positive point is the centroid).
+    box : bool
+        A tight box of the whole object.
+    """
+
+    name: str
+    n_pos: int
+    n_neg: int
+    box: bool
+
+
+def parse_cosmos(name: str) -> CosmosStrategy | None:
+    """The strategy a protocol name stands for; None when it is not a COSMOS name.
+
+    Raises
+    ------
+    ValueError
+        A ``cosmos-`` name that is malformed or asks for 0 or more than 20 points.
+    """
+    import re
+
+    if not isinstance(name, str) or not name.startswith("cosmos-"):
+        return None
+    fixed = {"cosmos-centroid": (1, 0, False), "cosmos-box": (0, 0, True),
+             "cosmos-box-centroid": (1, 0, True)}
+    if name in fixed:
+        return CosmosStrategy(name, *fixed[name])
+    m = re.fullmatch(r"cosmos-(\d+)pos(?:(\d+)neg)?", name)
+    if m is None:
+        raise ValueError(
+            f"unknown COSMOS strategy {name!r}; use cosmos-centroid, cosmos-box, "
+            "cosmos-box-centroid, cosmos-{N}pos or cosmos-{N}pos{M}neg (N, M in 1..20)")
+    n_pos, n_neg = int(m.group(1)), int(m.group(2) or 0)
+    for n, what in ((n_pos, "positive"), (n_neg if m.group(2) else 1, "negative")):
+        if not 1 <= n <= COSMOS_MAX_POINTS:
+            raise ValueError(f"COSMOS strategy {name!r}: {n} {what} points; "
+                             f"1..{COSMOS_MAX_POINTS} allowed")
+    return CosmosStrategy(name, n_pos, n_neg, False)
+
+
+def is_iterative(protocol: str) -> bool:
+    """Whether ``protocol`` is an iterative click protocol (one results group per selection)."""
+    return protocol in PROTOCOLS
 
 
 def derive_rng(seed: int, *keys: object) -> np.random.Generator:

@@ -7,12 +7,22 @@ A run folder ``OUT`` holds:
   selections, or one iterative run) are appended in one write + fsync after the group's masks
   are on disk, and carry the group's id, its row count and the plan's digest, so a resume can
   tell whole groups from cut-off ones and redoes the latter (see :class:`ResultsStore`).
+  Columns beyond the paper's: everything-mode rows (``protocol = "everything{grid}"``,
+  selections ``match_dice``/``match_iou``/``hungarian``) carry ``n_pred`` (masks kept on the
+  image), ``matched``, and for ``hungarian`` the image's ``precision``/``recall``/``f1`` over
+  objects; every row carries the ground truth's difficulty factors ``size_fraction``,
+  ``boundary_complexity`` (P^2 / (4 pi A), 1 for a disc), ``curvature`` (mean absolute contour
+  curvature, 1/px, largest component), ``contrast`` (|mean inside - mean of a ring around| /
+  pooled sd, in the window the model saw) and ``n_components``; mode and COSMOS rows carry
+  ``candidate_scores`` (JSON list of the K predicted IoUs, null for NaN) and, when masks are
+  kept, ``candidates_file`` (JSON list of the K candidate PNGs, relative to the run folder).
 * ``results.parquet`` -- the same table, written when a run ends, before the manifest says
   ``complete``.
 * ``manifest.json`` -- versions, checkpoint hashes, seed and options, start/end times, status
   (``running``/``complete``/``interrupted``), embedding statistics.
 * ``skipped.csv`` -- files that could not be used and why.
-* ``masks/`` -- predicted masks (PNG 0/255) for the example panels.
+* ``masks/`` -- predicted masks (PNG 0/255) for the example panels; everything mode's kept
+  masks as one 16-bit PNG label map per image and grid (1-based, by descending predicted IoU).
 * ``run.lock`` -- held (an OS lock) by the one process writing the folder.
 """
 
@@ -46,7 +56,9 @@ COLUMNS = (
     "selection", "iou", "dice", "hd95_mm", "nsd", "nsd_tolerance_mm", "size_fraction",
     "points", "boxes", "candidate", "score", "n_calls", "seconds", "prepare_seconds",
     "prompt_supported", "note", "height", "width", "spacing_mm", "image_path", "label_path",
-    "mask_file", "group", "group_rows", "plan_digest", "row_crc",
+    "mask_file", "n_pred", "matched", "precision", "recall", "f1", "boundary_complexity",
+    "curvature", "contrast", "n_components", "candidate_scores", "candidates_file",
+    "group", "group_rows", "plan_digest", "row_crc",
 )
 _HEADER = (",".join(COLUMNS) + "\n").encode("utf-8")
 #: rows per Parquet row group (and per chunk held in memory while writing it)
@@ -288,7 +300,9 @@ class ResultsStore:
 
 _INT_COLUMNS = ("label", "slice", "repeat", "click", "n_calls", "height", "width", "group_rows")
 _FLOAT_COLUMNS = ("iou", "dice", "hd95_mm", "nsd", "nsd_tolerance_mm", "size_fraction",
-                  "candidate", "score", "seconds", "prepare_seconds")
+                  "candidate", "score", "seconds", "prepare_seconds", "n_pred", "matched",
+                  "precision", "recall", "f1", "boundary_complexity", "curvature", "contrast",
+                  "n_components")
 
 
 def _parquet_chunk(chunk):
@@ -348,6 +362,7 @@ def load_results(out_dir: str | os.PathLike):
     try:
         df = pd.read_csv(path, dtype={"case": str, "task": str, "dataset": str, "method": str,
                                       "note": str, "mask_file": str, "spacing_mm": str,
+                                      "candidate_scores": str, "candidates_file": str,
                                       "group": str, "plan_digest": str,
                                       "row_crc": str},
                          keep_default_na=False, na_values=["nan", ""])
@@ -358,7 +373,8 @@ def load_results(out_dir: str | os.PathLike):
         raise DatasetError(f"{path}: not a results table ({str(exc).strip()[:120]})") from None
     if "prompt_supported" in df:
         df["prompt_supported"] = df["prompt_supported"].astype(str).str.lower() == "true"
-    for col in ("note", "mask_file", "spacing_mm", "points", "boxes"):
+    for col in ("note", "mask_file", "spacing_mm", "points", "boxes", "candidate_scores",
+                "candidates_file"):
         if col in df:
             df[col] = df[col].fillna("").astype(str)
     return df

@@ -56,8 +56,10 @@ from app.core.prompts import (
     MODES,
     PROTOCOLS,
     derive_rng,
+    is_iterative,
     mode_prompts,
     paper_next_click,
+    parse_cosmos,
     standard_next_click,
 )
 
@@ -93,7 +95,17 @@ class BenchmarkPlan:
     modes : sequence of int
         Paper prompt modes 1-5 to run (may be empty).
     protocols : sequence of str
-        Iterative click protocols: ``"paper"`` and/or ``"standard"`` (may be empty).
+        Iterative click protocols ``"paper"`` and/or ``"standard"``, and COSMOS prompt
+        strategies (:func:`app.core.prompts.parse_cosmos`: ``cosmos-centroid``,
+        ``cosmos-box``, ``cosmos-box-centroid``, ``cosmos-{N}pos``, ``cosmos-{N}pos{M}neg``);
+        may be empty. ``jitter`` and ``repeats`` apply to the COSMOS strategies too (the
+        randomness test).
+    grids : sequence of int
+        Everything mode at these points per side (16, 32, 64, 128); empty: no everything mode.
+        Rows have ``protocol = f"everything{grid}"``.
+    everything_options : dict
+        Overrides of :data:`app.core.everything.DEFAULT_OPTIONS` (the automatic mask
+        generator's filters); :meth:`options` records the complete, effective set.
     clicks : int or None
         Clicks per iterative run; default 5 for ``paper``, 20 (max) for ``standard``.
     target_iou : float
@@ -143,6 +155,8 @@ class BenchmarkPlan:
     methods: Sequence[str] = ("litemedsam",)
     modes: Sequence[int] = MODES
     protocols: Sequence[str] = ()
+    grids: Sequence[int] = ()
+    everything_options: dict[str, Any] = field(default_factory=dict)
     clicks: int | None = None
     target_iou: float = 0.9
     selections: Sequence[str] | None = None
@@ -168,17 +182,27 @@ class BenchmarkPlan:
         bad_modes = [m for m in self.modes if m not in MODES]
         if bad_modes:
             raise ValueError(f"unknown prompt mode(s) {bad_modes}; modes are 1-5")
-        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        bad = [p for p in self.protocols if p not in PROTOCOLS and parse_cosmos(p) is None]
         if bad:
-            raise ValueError(f"unknown protocol(s) {bad}; use paper or standard")
+            raise ValueError(f"unknown protocol(s) {bad}; use paper, standard or a COSMOS "
+                             "strategy (cosmos-centroid, cosmos-box, cosmos-box-centroid, "
+                             "cosmos-5pos, cosmos-5pos5neg, ...)")
+        from app.core.everything import GRIDS, check_options
+
+        bad_grids = [g for g in self.grids if g not in GRIDS]
+        if bad_grids:
+            raise InputValueError(f"unknown everything-mode grid(s) {bad_grids}; points per "
+                                  f"side must be one of {', '.join(map(str, GRIDS))}")
+        check_options(self.everything_options)
         if self.selections is not None:
             bad = [s for s in self.selections if s not in SELECTIONS]
             if bad:
                 raise ValueError(f"unknown selection(s) {bad}; use {', '.join(SELECTIONS)}")
         if not self.methods:
             raise ValueError("no methods to run")
-        if not self.modes and not self.protocols:
-            raise ValueError("nothing to run: give prompt modes and/or a click protocol")
+        if not self.modes and not self.protocols and not self.grids:
+            raise ValueError("nothing to run: give prompt modes, everything mode and/or a "
+                             "click protocol")
         if self.clicks is not None and self.clicks < 1:
             raise ValueError(f"clicks must be >= 1, got {self.clicks}")
         if self.repeats < 1:
@@ -211,6 +235,10 @@ class BenchmarkPlan:
         d["data"] = str(Path(self.data).resolve())
         d["modes"] = list(self.modes)
         d["protocols"] = list(self.protocols)
+        d["grids"] = [int(g) for g in self.grids]
+        from app.core.everything import check_options
+
+        d["everything_options"] = check_options(self.everything_options)
         d["methods"] = list(self.methods)
         d["selections"] = None if self.selections is None else list(self.selections)
         d["datasets"] = None if self.datasets is None else list(self.datasets)
@@ -357,7 +385,7 @@ class _Run:
         h, w = sample.image.shape
         return {
             "group": group_id(sample.ref.dataset, task, sample.case_id, method_name, protocol,
-                              repeat, selection if not protocol.startswith("mode") else None),
+                              repeat, selection if is_iterative(protocol) else None),
             "plan_digest": self.digest,
             "dataset": sample.ref.dataset, "task": task, "label": label, "case": sample.case_id,
             "slice": sample.slice_index, "method": method_name, "protocol": protocol,
@@ -921,7 +949,7 @@ def plan_from_manifest(out_dir: str | os.PathLike, **changes: Any) -> BenchmarkP
     opts = dict(read_manifest(out_dir).get("options", {}))
     if not opts:
         raise DatasetError(f"{out_dir}: no manifest.json (not a benchmark run folder)")
-    for k in ("modes", "protocols", "methods"):
+    for k in ("modes", "protocols", "methods", "grids"):
         opts[k] = tuple(opts.get(k) or ())
     for k in ("selections", "datasets"):
         if opts.get(k) is not None:
