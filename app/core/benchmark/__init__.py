@@ -1,7 +1,9 @@
 """The evaluation engine: datasets, the resumable runner, results, report and figures.
 
 Public entry points: :class:`BenchmarkPlan`, :func:`iter_benchmark`, :func:`run_benchmark`,
-:func:`discover`, :func:`load_results`, :func:`write_report`. Submodules are imported lazily so
+:func:`discover`, :func:`load_results`, :func:`write_report`, and the statistics of
+:mod:`app.core.benchmark.stats` (:func:`bootstrap_ci`, :func:`paired_difference`, :func:`holm`,
+:func:`spearman_ci`). Submodules are imported lazily so
 that ``import app.core.benchmark`` stays cheap.
 """
 
@@ -21,6 +23,10 @@ __all__ = [
     "read_manifest",
     "write_report",
     "summarize",
+    "bootstrap_ci",
+    "paired_difference",
+    "holm",
+    "spearman_ci",
 ]
 
 _WHERE = {
@@ -35,6 +41,10 @@ _WHERE = {
     "read_manifest": "results",
     "write_report": "report",
     "summarize": "report",
+    "bootstrap_ci": "stats",
+    "paired_difference": "stats",
+    "holm": "stats",
+    "spearman_ci": "stats",
 }
 
 

@@ -1,0 +1,246 @@
+"""Statistics a reviewer accepts: case bootstrap, paired differences, Holm, rank correlation.
+
+Slices of one volume (or images of one patient) are not independent, so every interval here
+resamples **cases**: all rows of a drawn case move together. Two methods evaluated on the same
+rows are paired: their difference is bootstrapped and tested with a Wilcoxon signed-rank test
+on per-case mean differences. Everything is seeded (``numpy.random.default_rng(seed)``); the
+same inputs and seed give the same interval.
+
+* :func:`bootstrap_ci` -- estimate and percentile interval of a statistic, resampling cases.
+* :func:`paired_difference` -- mean of ``a - b`` with a case-bootstrap interval and Wilcoxon p.
+* :func:`holm` -- Holm's step-down adjustment of a family of p-values.
+* :func:`spearman_ci` -- Spearman's rho with a case-bootstrap interval and its p-value.
+* :func:`case_ids` -- one case key per row of a results table (``dataset`` + ``case``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "bootstrap_ci",
+    "paired_difference",
+    "holm",
+    "spearman_ci",
+    "case_ids",
+    "N_BOOT",
+    "LEVEL",
+]
+
+#: default number of bootstrap resamples
+N_BOOT = 2000
+#: default confidence level
+LEVEL = 0.95
+# bootstrap draws are made in chunks of at most this many case indices (memory bound)
+_CHUNK_ELEMENTS = 4_000_000
+
+
+def case_ids(df) -> np.ndarray:
+    """One case key per row of a results table: ``"<dataset>/<case>"`` (object array).
+
+    A case is a patient/volume/image of one dataset; slices of one volume share it.
+    """
+    return (df["dataset"].astype(str) + "/" + df["case"].astype(str)).to_numpy(object)
+
+
+def _codes(cases: Any, n: int) -> np.ndarray:
+    """Integer codes 0..k-1 for the case labels (any hashable values, compared as strings)."""
+    import pandas as pd
+
+    labels = [c if isinstance(c, str) else str(c) for c in cases]
+    if len(labels) != n:
+        raise ValueError(f"values and cases differ in length ({n} values, {len(labels)} cases)")
+    codes, _ = pd.factorize(pd.Series(labels, dtype=object), sort=True)
+    return codes.astype(np.intp)
+
+
+def _draws(rng: np.random.Generator, n_cases: int, n_boot: int):
+    """Yield arrays (chunk, n_cases) of case indices drawn with replacement."""
+    per = max(1, _CHUNK_ELEMENTS // max(n_cases, 1))
+    done = 0
+    while done < n_boot:
+        k = min(per, n_boot - done)
+        yield rng.integers(0, n_cases, size=(k, n_cases))
+        done += k
+
+
+def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return (np.nan, np.nan)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def bootstrap_ci(values: Any, cases: Any, *, statistic: Callable = np.mean,
+                 n_boot: int = N_BOOT, level: float = LEVEL,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """Estimate and case-bootstrap percentile interval ``(estimate, low, high)``.
+
+    Parameters
+    ----------
+    values : array-like of float, shape (N,)
+        One value per row (e.g. the IoU of each slice). NaN rows are dropped first.
+    cases : array-like, shape (N,)
+        The case each row belongs to (any hashable; rows of one case move together).
+    statistic : callable
+        Maps a 1-D float array to a number; ``np.mean`` (default) uses a fast weighted path.
+    n_boot, level, seed
+        Number of resamples, confidence level, seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    (estimate, low, high) : floats
+        ``estimate`` is ``statistic`` over all kept rows. With one case the interval is
+        ``(nan, nan)``; with no finite value all three are NaN.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    codes = _codes(cases, v.size)
+    keep = np.isfinite(v)
+    v, codes = v[keep], codes[keep]
+    if v.size == 0:
+        return (np.nan, np.nan, np.nan)
+    estimate = float(statistic(v))
+    uniq, codes = np.unique(codes, return_inverse=True)
+    n_cases = uniq.size
+    if n_cases < 2:
+        return (estimate, np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    if statistic is np.mean or statistic is np.nanmean:
+        sums = np.bincount(codes, weights=v, minlength=n_cases)
+        counts = np.bincount(codes, minlength=n_cases).astype(float)
+        boot = np.concatenate([sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+                               for idx in _draws(rng, n_cases, n_boot)])
+    else:
+        order = np.argsort(codes, kind="stable")
+        starts = np.searchsorted(codes[order], np.arange(n_cases))
+        ends = np.append(starts[1:], v.size)
+        rows_of = [order[s:e] for s, e in zip(starts, ends)]
+        boot = np.array([float(statistic(v[np.concatenate([rows_of[i] for i in idx])]))
+                         for chunk in _draws(rng, n_cases, n_boot) for idx in chunk])
+    lo, hi = _interval(boot, level)
+    return (estimate, lo, hi)
+
+
+def paired_difference(a: Any, b: Any, cases: Any, *, n_boot: int = N_BOOT,
+                      level: float = LEVEL, seed: int = 0) -> dict[str, float]:
+    """Paired difference ``a - b`` over the same rows, with a case bootstrap and Wilcoxon p.
+
+    Parameters
+    ----------
+    a, b : array-like of float, shape (N,)
+        The two methods' values on the same N rows (same dataset/task/case/slice/prompt).
+        Rows where either is NaN are dropped.
+    cases : array-like, shape (N,)
+        The case of each row.
+
+    Returns
+    -------
+    dict
+        ``mean_diff`` (mean of ``a - b`` over rows), ``low``, ``high`` (case-bootstrap
+        interval of that mean), ``p_wilcoxon`` (two-sided ``scipy.stats.wilcoxon`` on the
+        per-case mean differences; NaN when fewer than 2 cases have a non-zero difference),
+        ``n_cases``, ``n_rows``.
+    """
+    from scipy import stats
+
+    a = np.asarray(a, dtype=float).ravel()
+    b = np.asarray(b, dtype=float).ravel()
+    if a.size != b.size:
+        raise ValueError(f"paired values differ in length ({a.size} and {b.size})")
+    codes = _codes(cases, a.size)
+    keep = np.isfinite(a) & np.isfinite(b)
+    diff, codes = (a - b)[keep], codes[keep]
+    est, lo, hi = bootstrap_ci(diff, codes, n_boot=n_boot, level=level, seed=seed)
+    uniq, inv = np.unique(codes, return_inverse=True)
+    p = np.nan
+    if uniq.size:
+        per_case = (np.bincount(inv, weights=diff, minlength=uniq.size)
+                    / np.bincount(inv, minlength=uniq.size))
+        # float noise from the case means must not count as a difference
+        nonzero = per_case[np.abs(per_case) > 1e-12]
+        if nonzero.size >= 2:
+            p = float(stats.wilcoxon(nonzero).pvalue)
+    return {"mean_diff": est, "low": lo, "high": hi, "p_wilcoxon": p,
+            "n_cases": int(uniq.size), "n_rows": int(diff.size)}
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the input order; NaN stays NaN.
+
+    With the m finite p-values sorted ascending, ``p_adj(i) = max_{j <= i} min(1, (m - j + 1)
+    p(j))`` (1-based ranks); the family is the finite values only.
+    """
+    p = np.asarray(pvalues, dtype=float).ravel()
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return np.nan
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def spearman_ci(x: Any, y: Any, cases: Any, *, n_boot: int = N_BOOT, level: float = LEVEL,
+                seed: int = 0) -> dict[str, float]:
+    """Spearman's rank correlation of ``x`` and ``y`` with a case-bootstrap interval.
+
+    Parameters
+    ----------
+    x, y : array-like of float, shape (N,)
+        E.g. a difficulty factor and the IoU of each row; rows with a NaN in either are dropped.
+    cases : array-like, shape (N,)
+
+    Returns
+    -------
+    dict
+        ``rho`` (``scipy.stats.spearmanr``), ``low``, ``high`` (percentile interval over case
+        resamples; resamples where a variable is constant are left out), ``p``
+        (``spearmanr``'s p-value, which treats rows as independent), ``n_rows``, ``n_cases``.
+    """
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.size != y.size:
+        raise ValueError(f"x and y differ in length ({x.size} and {y.size})")
+    codes = _codes(cases, x.size)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y, codes = x[keep], y[keep], codes[keep]
+    uniq, codes = np.unique(codes, return_inverse=True)
+    res = {"rho": np.nan, "low": np.nan, "high": np.nan, "p": np.nan,
+           "n_rows": int(x.size), "n_cases": int(uniq.size)}
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return res
+    r = stats.spearmanr(x, y)
+    res["rho"], res["p"] = float(r.statistic), float(r.pvalue)
+    if uniq.size < 2:
+        return res
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(uniq.size))
+    ends = np.append(starts[1:], x.size)
+    rows_of = [order[s:e] for s, e in zip(starts, ends)]
+    rng = np.random.default_rng(seed)
+    boot = []
+    for chunk in _draws(rng, uniq.size, n_boot):
+        for idx in chunk:
+            rows = np.concatenate([rows_of[i] for i in idx])
+            boot.append(_spearman(x[rows], y[rows]))
+    res["low"], res["high"] = _interval(np.asarray(boot), level)
+    return res
