@@ -41,9 +41,11 @@ _CHUNK_ELEMENTS = 4_000_000
 def case_ids(df) -> np.ndarray:
     """One case key per row of a results table: ``"<dataset>/<case>"`` (object array).
 
-    A case is a patient/volume/image of one dataset; slices of one volume share it.
+    A case is a patient/volume/image of one dataset; slices of one volume share it (the
+    runner names a slice ``<case>:z<k>``; the suffix is dropped here).
     """
-    return (df["dataset"].astype(str) + "/" + df["case"].astype(str)).to_numpy(object)
+    case = df["case"].astype(str).str.replace(r":z\d+$", "", regex=True)
+    return (df["dataset"].astype(str) + "/" + case).to_numpy(object)
 
 
 def _codes(cases: Any, n: int) -> np.ndarray:
@@ -57,9 +59,13 @@ def _codes(cases: Any, n: int) -> np.ndarray:
     return codes.astype(np.intp)
 
 
-def _draws(rng: np.random.Generator, n_cases: int, n_boot: int):
-    """Yield arrays (chunk, n_cases) of case indices drawn with replacement."""
-    per = max(1, _CHUNK_ELEMENTS // max(n_cases, 1))
+def _draws(rng: np.random.Generator, n_cases: int, n_boot: int, rows: int = 0):
+    """Yield arrays (chunk, n_cases) of case indices drawn with replacement.
+
+    Chunks hold at most ``_CHUNK_ELEMENTS`` draws (or per-row weights, when ``rows`` is given);
+    the draws do not depend on the chunking.
+    """
+    per = max(1, _CHUNK_ELEMENTS // max(n_cases, rows, 1))
     done = 0
     while done < n_boot:
         k = min(per, n_boot - done)
@@ -187,14 +193,41 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     return out
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import rankdata
+def _case_counts(idx: np.ndarray, n_cases: int) -> np.ndarray:
+    """(k, n_cases) how often each case was drawn in each of the k resamples."""
+    k = idx.shape[0]
+    flat = (idx + np.arange(k)[:, None] * n_cases).ravel()
+    return np.bincount(flat, minlength=k * n_cases).reshape(k, n_cases).astype(float)
 
-    rx, ry = rankdata(x), rankdata(y)
-    sx, sy = rx.std(), ry.std()
-    if sx == 0 or sy == 0:
-        return np.nan
-    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+def _weighted_ranks(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Average ranks (ties averaged) of ``x`` in resamples where row i appears ``w[b, i]`` times.
+
+    Equal to ``scipy.stats.rankdata`` of the concatenated resample, row by row; shape (B, N).
+    """
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    group = np.cumsum(np.r_[True, xs[1:] != xs[:-1]]) - 1
+    gw = np.add.reduceat(w[:, order], starts, axis=1)
+    rank_of_group = np.cumsum(gw, axis=1) - gw + (gw + 1.0) / 2.0
+    ranks = np.empty_like(w)
+    ranks[:, order] = rank_of_group[:, group]
+    return ranks
+
+
+def _weighted_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    sw = w.sum(axis=1, keepdims=True)
+    ma = (w * a).sum(axis=1, keepdims=True) / sw
+    mb = (w * b).sum(axis=1, keepdims=True) / sw
+    da, db = a - ma, b - mb
+    cov = (w * da * db).sum(axis=1)
+    va, vb = (w * da * da).sum(axis=1), (w * db * db).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(va * vb)
+    # a constant variable in a resample has no rank correlation
+    r[(va <= 1e-12 * sw[:, 0] ** 3) | (vb <= 1e-12 * sw[:, 0] ** 3)] = np.nan
+    return r
 
 
 def spearman_ci(x: Any, y: Any, cases: Any, *, n_boot: int = N_BOOT, level: float = LEVEL,
@@ -232,15 +265,11 @@ def spearman_ci(x: Any, y: Any, cases: Any, *, n_boot: int = N_BOOT, level: floa
     res["rho"], res["p"] = float(r.statistic), float(r.pvalue)
     if uniq.size < 2:
         return res
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(uniq.size))
-    ends = np.append(starts[1:], x.size)
-    rows_of = [order[s:e] for s, e in zip(starts, ends)]
     rng = np.random.default_rng(seed)
     boot = []
-    for chunk in _draws(rng, uniq.size, n_boot):
-        for idx in chunk:
-            rows = np.concatenate([rows_of[i] for i in idx])
-            boot.append(_spearman(x[rows], y[rows]))
-    res["low"], res["high"] = _interval(np.asarray(boot), level)
+    # the same case draws as bootstrap_ci; a resample is a weight per row (its case's count)
+    for idx in _draws(rng, uniq.size, n_boot, rows=x.size):
+        w = _case_counts(idx, uniq.size)[:, codes]
+        boot.append(_weighted_pearson(_weighted_ranks(x, w), _weighted_ranks(y, w), w))
+    res["low"], res["high"] = _interval(np.concatenate(boot), level)
     return res

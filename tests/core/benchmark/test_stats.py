@@ -125,3 +125,33 @@ def test_paired_difference_detects_a_planted_shift_and_not_a_null(real_rows):
     # identical methods: no non-zero difference, no p-value
     same = paired_difference(iou, iou, cases)
     assert same["mean_diff"] == 0 and np.isnan(same["p_wilcoxon"])
+
+
+def test_spearman_resamples_equal_the_explicit_concatenated_resamples():
+    from scipy.stats import spearmanr
+
+    from app.core.benchmark import stats
+
+    rng = np.random.default_rng(4)
+    sizes = rng.integers(1, 5, 15)  # uneven cases: 1-4 slices each
+    # case labels sort as their numbers (the draws index cases in sorted label order)
+    cases = np.repeat([f"c{i:02d}" for i in range(15)], sizes)
+    x = np.round(rng.uniform(0, 1, cases.size), 1)  # ties
+    y = x + rng.normal(0, 0.4, cases.size)
+    got = spearman_ci(x, y, cases, n_boot=300, seed=9)
+    draws = next(stats._draws(np.random.default_rng(9), 15, 300))
+    rows_of = [np.flatnonzero(cases == f"c{c:02d}") for c in range(15)]
+    boot = []
+    for idx in draws:
+        rows = np.concatenate([rows_of[i] for i in idx])
+        boot.append(spearmanr(x[rows], y[rows]).statistic)
+    lo, hi = np.quantile(np.asarray(boot)[np.isfinite(boot)], [0.025, 0.975])
+    assert (got["low"], got["high"]) == pytest.approx((lo, hi), abs=1e-9)
+
+
+def test_case_ids_join_the_slices_of_a_volume():
+    import pandas as pd
+
+    df = pd.DataFrame({"dataset": ["msd", "msd", "msd", "us"],
+                       "case": ["p1:z3", "p1:z4", "p2:z3", "p1"]})
+    assert list(case_ids(df)) == ["msd/p1", "msd/p1", "msd/p2", "us/p1"]
