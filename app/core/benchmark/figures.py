@@ -6,7 +6,7 @@ threads and with the Agg backend), or ``None`` when the table has nothing to dra
 
 * :func:`fig_modes` -- Fig. 2: IoU per prompt mode per task, ``oracle`` as markers.
 * :func:`fig_delta` -- Fig. 4: IoU of one method minus another's, per task, paired by case.
-* :func:`fig_clicks` -- Fig. 5: IoU against the number of clicks with 95 % confidence bands.
+* :func:`fig_clicks` -- Fig. 5: IoU against the number of clicks with 95 % case-bootstrap bands.
 * :func:`fig_size` -- Fig. 8: object size against IoU with a fitted trend (log-size regression).
 * :func:`fig_examples` -- Fig. 3: examples at the 25th/50th/75th IoU percentile with prompts,
   ground-truth and prediction contours.
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from app.core.benchmark.stats import case_ids, paired_difference
 
 __all__ = [
     "fig_modes",
@@ -53,19 +55,19 @@ def task_label(dataset: str, task: str) -> str:
     return str(task) if str(task) == str(dataset) else f"{dataset}/{task}"
 
 
-def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a Student-t confidence interval ``(mean, low, high)`` (NaN-safe)."""
-    from scipy import stats
+def mean_ci(values: Any, cases: Any = None, level: float = 0.95,
+            seed: int = 0) -> tuple[float, float, float]:
+    """Mean and a 95 % case-bootstrap interval ``(mean, low, high)`` (NaN-safe).
 
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return (np.nan, np.nan, np.nan)
-    m = float(v.mean())
-    if v.size < 2:
-        return (m, m, m)
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return (m, m - half, m + half)
+    ``cases`` names the case of each value (rows of a case are resampled together, see
+    :func:`app.core.benchmark.stats.bootstrap_ci`); None: every value is its own case.
+    """
+    from app.core.benchmark.stats import bootstrap_ci
+
+    v = np.asarray(values, float).ravel()
+    if cases is None:
+        cases = np.arange(v.size)
+    return bootstrap_ci(v, cases, level=level, seed=seed)
 
 
 def _with_task(df):
@@ -97,11 +99,11 @@ def fig_modes(df, methods: list[str] | None = None):
             means, err_lo, err_hi, hatched = [], [], [], []
             for t in tasks:
                 v = first[first["task_label"] == t]
-                m, lo, hi = mean_ci(v["iou"])
+                m, lo, hi = mean_ci(v["iou"], case_ids(v)) if len(v) else (np.nan,) * 3
                 means.append(m)
                 # the CI is clipped to [0, 1], where IoU lives
-                err_lo.append(0.0 if np.isnan(m) else m - max(lo, 0.0))
-                err_hi.append(0.0 if np.isnan(m) else min(hi, 1.0) - m)
+                err_lo.append(0.0 if np.isnan(lo) else m - max(lo, 0.0))
+                err_hi.append(0.0 if np.isnan(hi) else min(hi, 1.0) - m)
                 hatched.append(bool(len(v)) and not bool(v["prompt_supported"].all()))
             pos = x - 0.4 + width * (j + 0.5)
             bars = ax.bar(pos, np.nan_to_num(means), width, yerr=[err_lo, err_hi], capsize=2,
@@ -135,14 +137,15 @@ def fig_modes(df, methods: list[str] | None = None):
                 labels.append(lab)
     fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)),
                fontsize=8, frameon=False)
-    fig.suptitle("IoU per prompt mode (bars: selection first, 95 % CI; ◆ oracle)", fontsize=10)
+    fig.suptitle("IoU per prompt mode (bars: selection first, 95 % case-bootstrap CI; ◆ oracle)", fontsize=10)
     return fig
 
 
 def _paired(df, a: str, b: str, selection: str):
     import pandas as pd
 
-    keys = ["dataset", "task", "case", "protocol", "click", "repeat"]
+    keys = [k for k in ("dataset", "task", "label", "case", "slice", "protocol", "click",
+                        "repeat") if k in df]
     d = df[df["selection"] == selection]
     left = d[d["method"] == a][keys + ["iou"]].rename(columns={"iou": "iou_a"})
     right = d[d["method"] == b][keys + ["iou"]].rename(columns={"iou": "iou_b"})
@@ -154,7 +157,8 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
     """Fig. 4: ΔIoU = IoU(``method_a``) − IoU(``method_b``) per task, paired by case.
 
     One panel per protocol (default: the five modes present, then the final click of each
-    iterative protocol); bars are means with 95 % confidence intervals; positive means
+    iterative protocol); bars are mean paired differences with 95 % case-bootstrap intervals
+    (:func:`app.core.benchmark.stats.paired_difference`); positive means
     ``method_a`` is better.
     """
     d = df.copy()
@@ -177,10 +181,14 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
         ax.set_visible(False)
     for ax, proto in zip(axes, protocols):
         p = pairs[pairs["protocol"] == proto]
-        stats = [mean_ci(p[p["task_label"] == t]["iou_a"] - p[p["task_label"] == t]["iou_b"])
-                 for t in tasks]
+        stats = []
+        for t in tasks:
+            pt = p[p["task_label"] == t]
+            r = (paired_difference(pt["iou_a"], pt["iou_b"], case_ids(pt)) if len(pt)
+                 else {"mean_diff": np.nan, "low": np.nan, "high": np.nan})
+            stats.append((r["mean_diff"], r["low"], r["high"]))
         means = np.array([s[0] for s in stats])
-        err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
+        err = np.nan_to_num(np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T)
         colors = ["#55A868" if m >= 0 else "#C44E52" for m in np.nan_to_num(means)]
         ax.barh(np.arange(len(tasks)), np.nan_to_num(means), xerr=np.nan_to_num(err),
                 color=colors, capsize=2)
@@ -195,9 +203,13 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
 
 
 def _curves(d, n_max: int):
-    """Per run, IoU after clicks 1..n_max, carrying the last value forward after a stop."""
-    runs = []
-    for _, g in d.groupby(["dataset", "task", "case", "repeat"]):
+    """Per run, IoU after clicks 1..n_max, carrying the last value forward after a stop.
+
+    Returns the (runs, n_max) array and the case of each run (for the case bootstrap).
+    """
+    runs, cases = [], []
+    keys = [k for k in ("dataset", "task", "label", "case", "slice", "repeat") if k in d]
+    for _, g in d.groupby(keys):
         g = g.sort_values("click")
         v = np.full(n_max, np.nan)
         clicks = g["click"].to_numpy(int)
@@ -207,7 +219,8 @@ def _curves(d, n_max: int):
             if np.isnan(v[i]):
                 v[i] = v[i - 1]
         runs.append(v)
-    return np.array(runs)
+        cases.append(case_ids(g.iloc[:1])[0])
+    return np.array(runs), np.array(cases, dtype=object)
 
 
 def fig_clicks(df, protocol: str = "paper"):
@@ -230,10 +243,10 @@ def fig_clicks(df, protocol: str = "paper"):
     for ax, t in zip(axes, tasks):
         dt = d[d["task_label"] == t]
         for m, s in combos:
-            runs = _curves(dt[(dt["method"] == m) & (dt["selection"] == s)], n_max)
+            runs, cases = _curves(dt[(dt["method"] == m) & (dt["selection"] == s)], n_max)
             if runs.size == 0:
                 continue
-            stats = np.array([mean_ci(runs[:, i]) for i in range(n_max)])
+            stats = np.array([mean_ci(runs[:, i], cases) for i in range(n_max)])
             color = _COLORS[methods.index(m) % len(_COLORS)]
             ls = "--" if s == "oracle" else ":" if s == "best_score" else "-"
             ax.plot(x, stats[:, 0], ls, color=color, marker="o", ms=3, label=f"{m} ({s})")
@@ -247,7 +260,7 @@ def fig_clicks(df, protocol: str = "paper"):
     for ax in axes[len(tasks):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"IoU against clicks, {protocol} protocol (bands: 95 % CI)", fontsize=10)
+    fig.suptitle(f"IoU against clicks, {protocol} protocol (bands: 95 % case-bootstrap CI)", fontsize=10)
     return fig
 
 

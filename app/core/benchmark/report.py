@@ -21,7 +21,6 @@ from app.core.benchmark.figures import (
     fig_examples,
     fig_modes,
     fig_size,
-    mean_ci,
     save_figure,
 )
 from app.core.benchmark.results import load_results, read_manifest
@@ -32,32 +31,44 @@ NOC_THRESHOLDS = (0.80, 0.85, 0.90)
 _GROUP = ["dataset", "task", "method", "protocol", "click", "selection"]
 
 
-def summarize(df):
+def summarize(df, *, n_boot: int = 2000, seed: int = 0):
     """Per dataset x task x method x protocol x click x selection statistics.
 
-    Columns: ``n``, ``iou_mean``, ``iou_ci_low``, ``iou_ci_high`` (95 % Student t),
-    ``iou_std``, ``iou_median``, ``dice_mean``, ``hd95_mm_median``, ``nsd_mean``,
-    ``seconds_mean``, ``prompt_supported`` (all rows), ``note``.
+    Every mean has a 95 % case-bootstrap interval (:func:`app.core.benchmark.stats.bootstrap_ci`:
+    the slices of one volume are resampled together, never as independent images).
+
+    Columns: ``n``, ``n_cases``, ``iou_mean``, ``iou_ci_low``, ``iou_ci_high``, ``iou_std``,
+    ``iou_median``, ``dice_mean``, ``dice_ci_low``, ``dice_ci_high``, ``hd95_mm_median``,
+    ``nsd_mean``, ``nsd_ci_low``, ``nsd_ci_high``, ``seconds_mean``, ``prompt_supported``
+    (all rows), ``note``.
     """
     import pandas as pd
 
+    from app.core.benchmark.stats import bootstrap_ci, case_ids
+
     out = []
     for key, g in df.groupby(_GROUP, sort=True):
-        m, lo, hi = mean_ci(g["iou"])
+        cases = case_ids(g)
         rec = dict(zip(_GROUP, key))
+        rec.update(n=len(g), n_cases=len(set(cases)))
+        for metric in ("iou", "dice", "nsd"):
+            m, lo, hi = bootstrap_ci(g[metric].to_numpy(float), cases, n_boot=n_boot,
+                                     seed=seed)
+            rec.update({f"{metric}_mean": m, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
         rec.update(
-            n=len(g), iou_mean=m, iou_ci_low=lo, iou_ci_high=hi,
             iou_std=float(g["iou"].std(ddof=1)) if len(g) > 1 else 0.0,
-            iou_median=float(g["iou"].median()), dice_mean=float(g["dice"].mean()),
+            iou_median=float(g["iou"].median()),
             hd95_mm_median=float(g["hd95_mm"].median()) if g["hd95_mm"].notna().any()
             else np.nan,
-            nsd_mean=float(g["nsd"].mean()) if g["nsd"].notna().any() else np.nan,
             seconds_mean=float(g["seconds"].mean()),
             prompt_supported=bool(g["prompt_supported"].all()),
-            note=next((n for n in g["note"] if n), ""),
+            note=next((n for n in g["note"] if isinstance(n, str) and n), ""),
         )
         out.append(rec)
-    return pd.DataFrame(out)
+    cols = [*_GROUP, "n", "n_cases", "iou_mean", "iou_ci_low", "iou_ci_high", "iou_std",
+            "iou_median", "dice_mean", "dice_ci_low", "dice_ci_high", "hd95_mm_median",
+            "nsd_mean", "nsd_ci_low", "nsd_ci_high", "seconds_mean", "prompt_supported", "note"]
+    return pd.DataFrame(out, columns=cols)
 
 
 def noc_table(df, thresholds=NOC_THRESHOLDS, max_clicks: dict[str, int] | None = None):

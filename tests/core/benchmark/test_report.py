@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from app.core.benchmark.figures import fig_clicks, mean_ci
 from app.core.benchmark.report import noc_table, summarize
+from app.core.benchmark.stats import bootstrap_ci
 
 
 def _rows():
@@ -35,10 +37,14 @@ def test_noc_by_hand():
 def test_summary_by_hand():
     s = summarize(_rows())
     m5 = s[s["protocol"] == "mode5"].iloc[0]
-    assert m5["n"] == 3 and m5["iou_mean"] == pytest.approx(0.8)
-    # t(0.975, 2) = 4.303; sd = 0.2; half width = 4.303 * 0.2 / sqrt(3)
-    assert m5["iou_ci_high"] - m5["iou_mean"] == pytest.approx(4.3027 * 0.2 / 3 ** 0.5, rel=1e-3)
-    assert mean_ci([0.5])[1] == 0.5
+    assert m5["n"] == 3 and m5["n_cases"] == 3 and m5["iou_mean"] == pytest.approx(0.8)
+    # the interval is the case bootstrap of the three cases' IoUs (0.6, 0.8, 1.0), inside
+    # the range of the values
+    est, lo, hi = bootstrap_ci([0.6, 0.8, 1.0], ["d/a", "d/b", "d/c"])
+    assert (m5["iou_ci_low"], m5["iou_ci_high"]) == pytest.approx((lo, hi))
+    assert 0.6 <= lo < 0.8 < hi <= 1.0
+    # one value is one case: no interval
+    assert mean_ci([0.5])[0] == 0.5 and np.isnan(mean_ci([0.5])[1])
 
 
 def test_click_curve_carries_the_last_iou_after_a_stop():
