@@ -10,6 +10,13 @@ threads and with the Agg backend), or ``None`` when the table has nothing to dra
 * :func:`fig_size` -- Fig. 8: object size against IoU with a fitted trend (log-size regression).
 * :func:`fig_examples` -- Fig. 3: examples at the 25th/50th/75th IoU percentile with prompts,
   ground-truth and prediction contours.
+* :func:`fig_iterative` -- Fig. 6: one object with 1..9 clicks, positive and negative clicks.
+* :func:`fig_ambiguity` -- Fig. 7: the 1st/2nd/3rd most confident candidates for one prompt.
+* :func:`fig_everything` -- Fig. 9: everything mode at three grid densities.
+* :func:`fig_difficulty` -- Spearman's rho of IoU with each difficulty factor, with CIs.
+
+The example figures (3, 6, 7, 9) read the masks saved in the run folder and the original
+images again; without them they return None (the report says why it left them out).
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ __all__ = [
     "fig_clicks",
     "fig_size",
     "fig_examples",
+    "fig_difficulty",
+    "fig_iterative",
+    "fig_ambiguity",
+    "fig_everything",
     "task_label",
     "mean_ci",
     "save_figure",
@@ -372,12 +383,16 @@ def fig_examples(df, method: str, protocol: str = "mode5", selection: str = "fir
     return fig
 
 
-def _zoom(ax, gt: np.ndarray, pred: np.ndarray | None) -> None:
-    """Small objects: show the region around ground truth and prediction, not the whole image."""
+def _zoom(ax, gt: np.ndarray, pred: np.ndarray | None, *, always: bool = False) -> None:
+    """Small objects: show the region around ground truth and prediction, not the whole image.
+
+    ``always``: zoom to the objects whatever their size (with a margin), unless they fill most
+    of the image.
+    """
     both = gt.copy()
     if pred is not None and pred.shape == gt.shape:
         both |= pred > 127
-    if not both.any() or both.mean() > 0.02:
+    if not both.any() or both.mean() > (0.5 if always else 0.02):
         return
     rows, cols = np.nonzero(both)
     h, w = gt.shape
@@ -408,3 +423,376 @@ def save_figure(fig, path_stem: str | Path) -> list[Path]:
         fig.savefig(p, dpi=110 if ext == "png" else None)
         out.append(p)
     return out
+
+
+# --- issue 16: difficulty, Fig. 6 (iterative examples), Fig. 7 (ambiguity), Fig. 9 (everything)
+
+_FACTOR_NAMES = {
+    "size_fraction": "size (fraction of image)",
+    "boundary_complexity": "boundary complexity (P²/4πA)",
+    "curvature": "mean |curvature| (1/px)",
+    "contrast": "contrast (object vs ring)",
+    "n_components": "components",
+}
+
+
+def fig_difficulty(table, *, selection: str | None = None, max_panels: int = 6):
+    """What makes an object hard: Spearman's rho of IoU with each difficulty factor.
+
+    ``table`` is :func:`app.core.benchmark.tables.difficulty_table`. One panel per protocol
+    (at most ``max_panels``), one row per factor, one marker per method with its 95 %
+    case-bootstrap interval. Selection: ``first`` where present (``match_dice`` for everything
+    mode), else the first one of the table.
+    """
+    if table is None or len(table) == 0:
+        return None
+    t = table[np.isfinite(table["rho"].to_numpy(float))]
+    if t.empty:
+        return None
+    keep = []
+    for _proto, g in t.groupby("protocol", sort=False):
+        sels = list(dict.fromkeys(g["selection"]))
+        want = selection if selection in sels else next(
+            (s for s in ("first", "match_dice") if s in sels), sels[0])
+        keep.append(g[g["selection"] == want])
+    import pandas as pd
+
+    t = pd.concat(keep)
+    protocols = list(dict.fromkeys(t["protocol"]))[:max_panels]
+    factors = [f for f in _FACTOR_NAMES if f in set(t["factor"])]
+    methods = sorted(t["method"].unique())
+    ncol = min(3, len(protocols))
+    nrow = int(np.ceil(len(protocols) / ncol))
+    fig = _figure(3.4 * ncol + 1.6, (0.42 * len(factors) + 1.2) * nrow + 0.9)
+    grid = fig.subplots(nrow, ncol, squeeze=False, sharex=True)
+    axes = grid.ravel()
+    for ax in axes[len(protocols):]:
+        ax.set_visible(False)
+    step = 0.7 / max(len(methods), 1)
+    for ax, proto in zip(axes, protocols):
+        p = t[t["protocol"] == proto]
+        for j, m in enumerate(methods):
+            pm = p[p["method"] == m].set_index("factor")
+            ys, xs, lo, hi = [], [], [], []
+            for i, f in enumerate(factors):
+                if f not in pm.index:
+                    continue
+                r = pm.loc[f]
+                ys.append(i - 0.35 + step * (j + 0.5))
+                xs.append(float(r["rho"]))
+                lo.append(float(r["rho"]) - float(r["rho_ci_low"])
+                          if np.isfinite(r["rho_ci_low"]) else 0.0)
+                hi.append(float(r["rho_ci_high"]) - float(r["rho"])
+                          if np.isfinite(r["rho_ci_high"]) else 0.0)
+            ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", ms=4, capsize=2, lw=1,
+                        color=_COLORS[j % len(_COLORS)], label=m)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlim(-1, 1)
+        # end ticks of neighbouring panels would collide
+        ax.set_xticks([-0.5, 0, 0.5])
+        ax.set_xticks([-1, 1], minor=True)
+        ax.set_ylim(len(factors) - 0.5, -0.5)
+        sel = p["selection"].iloc[0]
+        ax.set_title(f"{_MODE_NAMES.get(proto, proto)} ({sel})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_yticks(np.arange(len(factors)), [_FACTOR_NAMES[f] for f in factors]
+                      if ax in grid[:, 0] else [""] * len(factors), fontsize=8)
+    for ax in grid[-1]:
+        ax.set_xlabel("Spearman ρ with IoU")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)),
+               fontsize=8, frameon=False)
+    fig.suptitle("Rank correlation of IoU with difficulty factors (95 % case-bootstrap CI; "
+                 "ρ > 0: larger factor, higher IoU)", fontsize=10)
+    return fig
+
+
+def _read_png(run_dir: str | Path, rel: str, *, labels: bool = False) -> np.ndarray | None:
+    """A saved mask (bool) or label map (int, ``labels``) of the run folder; None if absent."""
+    import cv2
+
+    if not isinstance(rel, str) or not rel:
+        return None
+    a = cv2.imread(str(Path(run_dir) / rel), cv2.IMREAD_UNCHANGED)
+    if a is None:
+        return None
+    if a.ndim == 3:
+        a = a[..., 0]
+    return a.astype(np.int64) if labels else a > (127 if a.dtype == np.uint8 else 0)
+
+
+def _show(ax, img: np.ndarray) -> None:
+    ax.imshow(img, cmap=None if img.ndim == 3 else "gray", interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _points(ax, points_json: str, *, last_large: bool = False) -> None:
+    pts = json.loads(points_json) if isinstance(points_json, str) and points_json else []
+    for i, (x, y, lab) in enumerate(pts):
+        big = last_large and i == len(pts) - 1
+        ax.plot(x, y, marker="*" if lab else "X", ms=13 if big else 8, mew=0.8,
+                color="#00ff00" if lab else "#ff2020", mec="white" if big else "black",
+                ls="none")
+
+
+def _note_figure(text: str):
+    fig = _figure(6.0, 1.2)
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, wrap=True)
+    return fig
+
+
+def fig_iterative(df, run_dir: str | Path | None, *, protocol: str = "paper",
+                  selection: str = "first", max_clicks: int = 9, max_methods: int = 3):
+    """Fig. 6: one object segmented with 1..``max_clicks`` clicks, one row per method.
+
+    The object is the same for every row: among the runs whose masks are saved for every
+    click, one with at least one negative click when there is one, at the median final IoU.
+    Each panel shows the prediction after that click (red contour), the ground truth (green
+    contour) and the clicks so far (green stars: positive, red crosses: negative; the newest
+    click larger). Returns None without saved masks.
+    """
+    if run_dir is None or df.empty or "mask_file" not in df:
+        return None
+    d = df[(df["protocol"] == protocol) & (df["selection"] == selection) & (df["click"] > 0)
+           & (df["mask_file"].fillna("").astype(str) != "")]
+    if d.empty:
+        return None
+    obj = ["dataset", "task", "case", "slice", "label", "repeat"]
+    n = min(max_clicks, int(d["click"].max()))
+    methods = sorted(d["method"].unique())[:max_methods]
+    complete = None
+    finals = []
+    for m in methods:
+        dm = d[(d["method"] == m) & (d["click"] <= n)]
+        counts = dm.groupby(obj)["click"].nunique()
+        full = set(counts.index[counts == n])
+        complete = full if complete is None else complete & full
+    if not complete:
+        return None
+    last = d[d["click"] == n].set_index(obj)
+    for key in sorted(complete):
+        rows = last.loc[[key]]
+        neg = any(lab == 0 for pts in rows["points"] for *_, lab in json.loads(pts or "[]"))
+        finals.append((key, float(rows["iou"].mean()), neg))
+    pool = [f for f in finals if f[2]] or finals
+    pool.sort(key=lambda f: f[1])
+    key = pool[len(pool) // 2][0]
+    run = d.set_index(obj).loc[[key]].reset_index()
+    cache: dict = {}
+    try:
+        img, gt = _load_display(run.iloc[0], cache)
+    except Exception as exc:  # noqa: BLE001 - the note names the missing source
+        return _note_figure(f"Fig. 6: image unavailable: {exc}")
+    fig = _figure(1.75 * n + 0.6, 1.95 * len(methods) + 0.6)
+    axes = fig.subplots(len(methods), n, squeeze=False)
+    union = gt.copy()
+    preds = {}
+    for m in methods:
+        for k in range(1, n + 1):
+            r = run[(run["method"] == m) & (run["click"] == k)].iloc[0]
+            pred = _read_png(run_dir, r["mask_file"])
+            preds[m, k] = (r, pred)
+            if pred is not None and pred.shape == gt.shape:
+                union |= pred
+    for i, m in enumerate(methods):
+        for k in range(1, n + 1):
+            ax = axes[i, k - 1]
+            r, pred = preds[m, k]
+            _show(ax, img)
+            ax.contour(gt, levels=[0.5], colors=["#00e000"], linewidths=0.9)
+            if pred is not None and pred.any():
+                ax.contour(pred, levels=[0.5], colors=["#ff3030"], linewidths=0.9)
+            _points(ax, r["points"], last_large=True)
+            _zoom(ax, union, None, always=True)
+            ax.set_title(f"{k} click{'s' if k > 1 else ''}: IoU {r['iou']:.2f}", fontsize=7)
+        axes[i, 0].set_ylabel(m, fontsize=8)
+    ds, task, case = key[0], key[1], key[2]
+    fig.suptitle(f"Fig. 6: {task_label(ds, task)} {case}, {protocol} protocol, {selection} "
+                 "(green: ground truth, red: prediction; ★ positive, ✖ negative click)",
+                 fontsize=9)
+    return fig
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+_AMBIGUITY_PROTOCOLS = ("mode1", "cosmos-centroid", "cosmos-1pos", "mode2")
+
+
+def fig_ambiguity(df, run_dir: str | Path | None, method: str, *, protocol: str | None = None,
+                  max_tasks: int = 4):
+    """Fig. 7: the 1st, 2nd and 3rd most confident candidates for one prompt, per task.
+
+    Uses the candidates the run saved (``candidates_file``, ``candidate_scores``) for a
+    single-point prompt where there is one (mode 1, COSMOS centroid), else the first prompt
+    protocol with candidates. Per task, the prompt whose candidates' predicted IoUs spread most
+    is shown. Each panel: the candidate (red fill), the ground truth (green contour), the
+    prompt, the predicted IoU and the IoU against the ground truth. Returns None without
+    saved candidates.
+    """
+    if run_dir is None or df.empty or "candidates_file" not in df:
+        return None
+    d = df[(df["method"] == method) & (df["candidates_file"].fillna("").astype(str) != "")]
+    if d.empty:
+        return None
+    protos = list(dict.fromkeys(d["protocol"]))
+    if protocol is None:
+        protocol = next((p for p in _AMBIGUITY_PROTOCOLS if p in protos), protos[0])
+    d = _with_task(d[d["protocol"] == protocol]).drop_duplicates(
+        ["dataset", "task", "case", "slice", "label", "repeat"])
+    if d.empty:
+        return None
+    tasks = sorted(d["task_label"].unique())[:max_tasks]
+    fig = _figure(8.4, 2.9 * len(tasks) + 0.7)
+    axes = fig.subplots(len(tasks), 3, squeeze=False)
+    cache: dict = {}
+    near_copies = []
+    for r_i, t in enumerate(tasks):
+        dt = d[d["task_label"] == t].copy()
+
+        def spread(s):
+            v = [x for x in json.loads(s or "[]") if x is not None]
+            return (max(v) - min(v)) if len(v) > 1 else -1.0
+
+        dt["_spread"] = [spread(s) for s in dt["candidate_scores"]]
+        row = dt.sort_values(["_spread", "case"], ascending=[False, True]).iloc[0]
+        files = json.loads(row["candidates_file"])
+        scores = json.loads(row["candidate_scores"] or "[]")
+        scores = (scores + [None] * len(files))[:len(files)]
+        order = sorted(range(len(files)), key=lambda k: -(scores[k] if scores[k] is not None
+                                                          else -np.inf))
+        for ax in axes[r_i]:
+            ax.axis("off")
+        try:
+            img, gt = _load_display(row, cache)
+        except Exception as exc:  # noqa: BLE001 - the panel names the missing source
+            axes[r_i, 0].text(0, 0.5, f"image unavailable: {exc}", fontsize=7, wrap=True)
+            continue
+        masks = [_read_png(run_dir, files[k]) for k in order[:3]]
+        ok = [m for m in masks if m is not None and m.shape == gt.shape]
+        if len(ok) > 1:
+            near_copies.append(min(_iou(ok[0], m) for m in ok[1:]) > 0.95)
+        union = gt.copy()
+        for m in ok:
+            union |= m
+        for c, (k, mask) in enumerate(zip(order[:3], masks)):
+            ax = axes[r_i, c]
+            ax.axis("on")
+            _show(ax, img)
+            if mask is not None and mask.shape == gt.shape:
+                overlay = np.zeros((*mask.shape, 4))
+                overlay[mask] = (1.0, 0.2, 0.2, 0.45)
+                ax.imshow(overlay, interpolation="nearest")
+                ax.contour(mask, levels=[0.5], colors=["#ff3030"], linewidths=0.8)
+                true = f"IoU {_iou(mask, gt):.2f}"
+            else:
+                true = "mask missing"
+            ax.contour(gt, levels=[0.5], colors=["#00e000"], linewidths=0.9)
+            _points(ax, row["points"])
+            for x0, y0, x1, y1 in json.loads(row["boxes"] or "[]"):
+                ax.add_patch(_rect(x0, y0, x1, y1))
+            _zoom(ax, union, None, always=True)
+            pred = "–" if scores[k] is None else f"{scores[k]:.2f}"
+            ax.set_title(f"{('1st', '2nd', '3rd')[c]}: predicted {pred}, {true}", fontsize=7)
+        axes[r_i, 0].set_ylabel(f"{t}\n{row['case']}", fontsize=7)
+    note = ""
+    if near_copies and all(near_copies):
+        note = "\n(the candidates are near-copies: this model's multimask outputs carry no choice)"
+    fig.suptitle(f"Fig. 7: ambiguity, {method}, {_MODE_NAMES.get(protocol, protocol)} "
+                 f"(red: candidate, green: ground truth){note}", fontsize=9)
+    return fig
+
+
+def _label_overlay(labels: np.ndarray) -> np.ndarray:
+    """RGBA overlay of a label map, each label its own colour (label 0 transparent)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    rgba = np.zeros((*labels.shape, 4))
+    for v in np.unique(labels):
+        if v == 0:
+            continue
+        rgba[labels == v] = (*cmap((int(v) * 7) % 20)[:3], 0.5)
+    return rgba
+
+
+def fig_everything(df, run_dir: str | Path | None, method: str, *, grids=None,
+                   max_tasks: int = 4):
+    """Fig. 9: everything mode at (up to) three grid densities, one image per task.
+
+    Each panel shows the kept masks (one colour each) with the ground truth (white contour),
+    the number of masks and the mean match Dice (COSMOS's best Dice per object). The image is
+    one whose match Dice at the middle grid is the median of its task. Returns None without
+    everything-mode rows with saved label maps.
+    """
+    if run_dir is None or df.empty:
+        return None
+    proto = df["protocol"].astype(str)
+    d = df[(df["method"] == method) & proto.str.fullmatch(r"everything\d+")
+           & (df["mask_file"].fillna("").astype(str) != "")]
+    if d.empty:
+        return None
+    d = _with_task(d)
+    d["grid"] = d["protocol"].astype(str).str.slice(len("everything")).astype(int)
+    have = sorted(d["grid"].unique())
+    if grids is None:
+        grids = have if len(have) <= 3 else [have[0], have[len(have) // 2], have[-1]]
+    grids = [g for g in grids if g in have]
+    sel = "match_dice" if (d["selection"] == "match_dice").any() else d["selection"].iloc[0]
+    d = d[d["selection"] == sel]
+    tasks = sorted(d["task_label"].unique())[:max_tasks]
+    img_key = ["dataset", "case", "slice"]
+    fig = _figure(2.9 * len(grids) + 0.4, 2.9 * len(tasks) + 0.6)
+    axes = fig.subplots(len(tasks), len(grids), squeeze=False)
+    cache: dict = {}
+    mid = grids[len(grids) // 2]
+    for r_i, t in enumerate(tasks):
+        dt = d[d["task_label"] == t]
+        per = dt[dt["grid"] == mid].groupby(img_key)["dice"].mean().sort_values()
+        common = set(per.index)
+        for g in grids:
+            common &= set(dt[dt["grid"] == g].groupby(img_key).size().index)
+        per = per[[k in common for k in per.index]]
+        for ax in axes[r_i]:
+            ax.axis("off")
+        if per.empty:
+            continue
+        key = per.index[len(per) // 2]
+        rows = dt.set_index(img_key).loc[[key]].reset_index()
+        for c, g in enumerate(grids):
+            ax = axes[r_i, c]
+            rg = rows[rows["grid"] == g]
+            r = rg.iloc[0]
+            try:
+                img, _ = _load_display(r, cache)
+                gt_all = _gt_labels(r, cache)
+            except Exception as exc:  # noqa: BLE001 - the panel names the missing source
+                ax.text(0, 0.5, f"image unavailable: {exc}", fontsize=7, wrap=True)
+                continue
+            ax.axis("on")
+            _show(ax, img)
+            lab = _read_png(run_dir, r["mask_file"], labels=True)
+            if lab is not None and lab.shape == gt_all.shape:
+                ax.imshow(_label_overlay(lab), interpolation="nearest")
+            for v in np.unique(gt_all[gt_all > 0]):
+                ax.contour(gt_all == v, levels=[0.5], colors=["white"], linewidths=0.9)
+            n_pred = r.get("n_pred", np.nan)
+            n_txt = f"{int(n_pred)} masks" if np.isfinite(float(n_pred)) else "masks ?"
+            ax.set_title(f"{g}×{g} points: {n_txt}, match Dice {rg['dice'].mean():.2f}",
+                         fontsize=7)
+        axes[r_i, 0].set_ylabel(f"{t}\n{key[1]}", fontsize=7)
+    fig.suptitle(f"Fig. 9: everything mode, {method} (colours: kept masks; white: ground "
+                 "truth)", fontsize=9)
+    return fig
+
+
+def _gt_labels(row, cache: dict) -> np.ndarray:
+    """The whole ground-truth label map of the row's slice (all objects, for Fig. 9)."""
+    _load_display(row, cache)
+    _, labels = cache[(row["image_path"], row["label_path"])]
+    return np.asarray(labels[int(row["slice"])])

@@ -2,8 +2,12 @@
 
 :func:`write_report` reads ``OUT/results.csv`` (finished or interrupted) and writes
 ``summary.csv`` (IoU/Dice/HD95/NSD statistics per dataset x task x method x protocol x click x
-selection), ``noc.csv`` (NoC@80/85/90 and failures per iterative protocol), the figures of
-:mod:`app.core.benchmark.figures` as PNG and SVG under ``figures/``, and ``report.html``.
+selection, with 95 % case-bootstrap intervals), ``noc.csv`` (NoC@80/85/90 and failures per
+iterative protocol), the analysis tables of :mod:`app.core.benchmark.tables` (``paired.csv``,
+``strata.csv``, ``difficulty.csv``, ``randomness.csv``, ``everything.csv``, where the run has
+their rows), the figures of :mod:`app.core.benchmark.figures` as PNG and SVG under
+``figures/`` (a figure whose rows or masks are absent is listed with the reason), and
+``report.html``.
 """
 
 from __future__ import annotations
@@ -16,16 +20,20 @@ from typing import Any
 import numpy as np
 
 from app.core.benchmark.figures import (
+    fig_ambiguity,
     fig_clicks,
     fig_delta,
+    fig_difficulty,
+    fig_everything,
     fig_examples,
+    fig_iterative,
     fig_modes,
     fig_size,
     save_figure,
 )
 from app.core.benchmark.results import load_results, read_manifest
 
-__all__ = ["summarize", "noc_table", "write_report", "NOC_THRESHOLDS"]
+__all__ = ["summarize", "noc_table", "analysis_tables", "write_report", "NOC_THRESHOLDS"]
 
 NOC_THRESHOLDS = (0.80, 0.85, 0.90)
 _GROUP = ["dataset", "task", "method", "protocol", "click", "selection"]
@@ -115,25 +123,58 @@ def _table_html(df, float_fmt: str = "{:.3f}") -> str:
                       float_format=lambda v: float_fmt.format(v))
 
 
-def _figures(df, out: Path) -> list[tuple[str, str, list[Path]]]:
+def _figures(df, out: Path, difficulty=None) -> tuple[list[tuple[str, str, list[Path]]],
+                                                       list[tuple[str, str]]]:
+    """Draw and save the figures; returns (stem, title, paths) drawn and (title, why) left out."""
     made: list[tuple[str, str, list[Path]]] = []
+    left_out: list[tuple[str, str]] = []
 
-    def add(stem: str, title: str, fig) -> None:
+    def add(stem: str, title: str, fig, why: str = "") -> None:
         if fig is None:
+            if why:
+                left_out.append((title, why))
             return
         made.append((stem, title, save_figure(fig, out / "figures" / stem)))
 
+    from app.core.benchmark.tables import is_sam_family
+
     methods = sorted(df["method"].unique())
+    proto = df["protocol"].astype(str)
     add("fig2_modes", "IoU per prompt mode and task (Fig. 2; diamonds: oracle selection)",
         fig_modes(df))
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
             add(f"fig4_delta_{a}_vs_{b}", f"ΔIoU {a} − {b} per task (Fig. 4)",
                 fig_delta(df, a, b))
-    for proto in ("paper", "standard"):
-        if (df["protocol"] == proto).any():
-            add(f"fig5_clicks_{proto}", f"IoU against clicks, {proto} protocol (Fig. 5)",
-                fig_clicks(df, proto))
+    for p in ("paper", "standard"):
+        if (df["protocol"] == p).any():
+            add(f"fig5_clicks_{p}", f"IoU against clicks, {p} protocol (Fig. 5)",
+                fig_clicks(df, p))
+    it_proto = next((p for p in ("paper", "standard") if (df["protocol"] == p).any()), None)
+    if it_proto is None:
+        left_out.append(("Fig. 6 (iterative examples)", "no iterative protocol in this run "
+                         "(--protocol paper or standard)"))
+    else:
+        add("fig6_iterative", f"One object with 1 to 9 clicks, {it_proto} protocol (Fig. 6)",
+            fig_iterative(df, out, protocol=it_proto),
+            "no run has a saved mask for every click (run with masks kept)")
+    with_cands = [m for m in methods if is_sam_family(m) and "candidates_file" in df
+                  and (df.loc[df["method"] == m, "candidates_file"].astype(str) != "").any()]
+    if not with_cands:
+        left_out.append(("Fig. 7 (ambiguity)", "no saved candidates (prompt modes or COSMOS "
+                         "strategies of a SAM-family model, with masks kept)"))
+    for m in with_cands:
+        add(f"fig7_ambiguity_{m}", f"1st, 2nd and 3rd most confident candidate, {m} (Fig. 7)",
+            fig_ambiguity(df, out, m), f"{m}: its candidates could not be drawn")
+    ev = sorted(df.loc[proto.str.fullmatch(r"everything\d+"), "method"].unique())
+    if not ev:
+        left_out.append(("Fig. 9 (everything mode)", "no everything-mode rows (--modes "
+                         "everything --grid 16,32,64)"))
+    for m in ev:
+        add(f"fig9_everything_{m}", f"Everything mode at several grid densities, {m} (Fig. 9)",
+            fig_everything(df, out, m), f"{m}: no saved label maps of everything mode")
+    add("fig_difficulty", "Rank correlation of IoU with difficulty factors",
+        fig_difficulty(difficulty), "no difficulty factors with enough varied rows")
     size_proto = next((p for p in ("mode5", "mode3", "mode1", "paper", "standard")
                        if (df["protocol"] == p).any()), None)
     if size_proto is not None:
@@ -148,7 +189,98 @@ def _figures(df, out: Path) -> list[tuple[str, str, list[Path]]]:
         for m in methods:
             add(f"fig3_examples_{m}", f"Examples at the 25/50/75th IoU percentile, {m}, "
                 f"{ex_proto} (Fig. 3)", fig_examples(df, m, ex_proto, run_dir=out))
-    return made
+    return made, left_out
+
+
+def _ci_text(table, metric: str, digits: int = 3) -> list[str]:
+    """``"0.823 [0.761, 0.880]"`` per row of a table with ``<metric>``, ``_ci_low``, ``_ci_high``."""
+    def one(m, lo, hi):
+        if not np.isfinite(m):
+            return "–"
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return f"{m:.{digits}f}"
+        return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    base = metric if metric in table else f"{metric}_mean"
+    return [one(float(m), float(lo), float(hi)) for m, lo, hi in zip(
+        table[base], table[f"{metric}_ci_low"], table[f"{metric}_ci_high"])]
+
+
+def analysis_tables(df, *, manifest_methods=None, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The issue-16 analysis of a results table, by name: ``paired``, ``strata``,
+    ``difficulty``, ``randomness``, ``everything`` (see :mod:`app.core.benchmark.tables`)."""
+    from app.core.benchmark import tables
+
+    return {
+        "paired": tables.paired_table(df, manifest_methods=manifest_methods, n_boot=n_boot,
+                                      seed=seed),
+        "strata": tables.strata_table(df, n_boot=n_boot, seed=seed),
+        "difficulty": tables.difficulty_table(df, n_boot=n_boot, seed=seed),
+        "randomness": tables.randomness_table(df, n_boot=n_boot, seed=seed),
+        "everything": tables.everything_table(df, n_boot=n_boot, seed=seed),
+    }
+
+
+def _analysis_html(an: dict) -> list[str]:
+    parts: list[str] = []
+    ev = an["everything"]
+    if len(ev):
+        t = ev[["dataset", "task", "method", "grid", "images", "objects"]].copy()
+        t["match Dice [95 % CI]"] = _ci_text(ev, "match_dice")
+        t["match IoU [95 % CI]"] = _ci_text(ev, "match_iou")
+        for col in ("precision", "recall", "f1", "found", "masks_per_image",
+                    "seconds_per_image"):
+            t[col] = ev[col]
+        parts.append(
+            "<h2>Everything mode (everything.csv)</h2><p>Per ground-truth object the best "
+            "prediction by Dice (COSMOS's rule; a prediction may serve several objects) and "
+            "by IoU; precision, recall and F1 of a one-to-one (Hungarian) assignment at "
+            "IoU ≥ 0.5, averaged over images; <em>found</em>: the fraction of objects matched "
+            "one-to-one.</p>" + _table_html(t))
+    pt = an["paired"]
+    if len(pt):
+        t = pt[["kind", "method_a", "method_b", "dataset", "task", "protocol", "selection",
+                "n_cases"]].copy()
+        t["ΔIoU a−b [95 % CI]"] = _ci_text(pt, "diff")
+        t["p (Wilcoxon)"] = pt["p_wilcoxon"]
+        t["p (Holm)"] = pt["p_holm"]
+        t["significant"] = np.where(pt["p_holm"].notna(), np.where(pt["significant"], "yes",
+                                                                    "no"), "–")
+        parts.append(
+            "<h2>Paired differences between methods (paired.csv)</h2><p>Both methods on the "
+            "same rows (dataset, task, case, slice, prompt, selection, repeat; iterative runs at "
+            "their last click). Interval: 95 % bootstrap over cases (the slices of a volume "
+            "move together); p: Wilcoxon signed-rank test on the per-case mean differences; "
+            "Holm: adjusted across the tasks of each method pair, protocol and selection. "
+            "SAM-family models come first against a competitor.</p>" + _table_html(t, "{:.3g}"))
+    st = an["strata"]
+    if len(st):
+        t = st[["method", "protocol", "selection", "stratum", "level", "n_rows",
+                "n_cases"]].copy()
+        t["IoU [95 % CI]"] = _ci_text(st, "iou")
+        parts.append("<h2>IoU by modality (dataset where none is known), object-size tercile "
+                     "and number of components (strata.csv)</h2>" + _table_html(t))
+    dt = an["difficulty"]
+    if len(dt):
+        t = dt[["method", "protocol", "selection", "factor", "n_rows", "n_cases"]].copy()
+        t["Spearman ρ [95 % CI]"] = _ci_text(dt, "rho")
+        t["p"] = dt["p"]
+        parts.append("<h2>What makes an object hard: rank correlation of IoU with each "
+                     "factor (difficulty.csv)</h2><p>Spearman's ρ; interval: 95 % bootstrap "
+                     "over cases; p treats rows as independent (see the interval for cases)."
+                     "</p>" + _table_html(t, "{:.3g}"))
+    rt = an["randomness"]
+    if len(rt):
+        t = rt[["dataset", "task", "method", "protocol", "selection", "repeats",
+                "n_cases"]].copy()
+        t["IoU (mean over repeats) [95 % CI]"] = _ci_text(rt, "iou")
+        t["spread: SD over repeats [95 % CI]"] = _ci_text(rt, "std")
+        t["largest SD"] = rt["std_max"]
+        t["mean range"] = rt["range_mean"]
+        parts.append("<h2>Randomness test: jittered prompts, repeated (randomness.csv)</h2>"
+                     "<p>Per object the mean and the standard deviation of IoU over the "
+                     "repeats, then averaged over the task's cases.</p>" + _table_html(t))
+    return parts
 
 
 def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
@@ -170,7 +302,12 @@ def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
             else pd.DataFrame())
     if len(nocs):
         nocs.to_csv(out / "noc.csv", index=False)
-    made = _figures(df, out) if figures and len(df) else []
+    an = analysis_tables(df, manifest_methods=manifest.get("methods")) if len(df) else {}
+    for name, table in an.items():
+        if len(table):
+            table.to_csv(out / f"{name}.csv", index=False)
+    made, left_out = (_figures(df, out, an.get("difficulty")) if figures and len(df)
+                      else ([], []))
 
     skipped = pd.read_csv(out / "skipped.csv") if (out / "skipped.csv").is_file() else None
     parts: list[str] = []
@@ -181,11 +318,15 @@ def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
         f"finished {html.escape(str(manifest.get('finished', '?')))}.</p>"
     )
     if len(df):
-        modes = summary[summary["click"] == 0]
+        modes = summary[(summary["click"] == 0)
+                        & ~summary["protocol"].astype(str).str.startswith("everything")]
         if len(modes):
+            modes = modes.assign(cell=_ci_text(modes, "iou"))
             pivot = modes.pivot_table(index=["dataset", "task", "method", "selection"],
-                                      columns="protocol", values="iou_mean").reset_index()
-            parts.append("<h2>Mean IoU per prompt mode</h2>" + _table_html(pivot))
+                                      columns="protocol", values="cell",
+                                      aggfunc="first").reset_index()
+            parts.append("<h2>Mean IoU per prompt mode and strategy [95 % CI over cases]</h2>"
+                         + _table_html(pivot))
         unsupported = summary[~summary["prompt_supported"]]
         if len(unsupported):
             notes = sorted({n for n in unsupported["note"] if n})
@@ -195,6 +336,7 @@ def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
         if len(nocs):
             parts.append("<h2>Clicks to reach IoU 0.80 / 0.85 / 0.90 (NoC)</h2>"
                          + _table_html(nocs, "{:.2f}"))
+        parts.extend(_analysis_html(an))
     for _stem, title, paths in made:
         png = next(p for p in paths if p.suffix == ".png")
         svg = next(p for p in paths if p.suffix == ".svg")
@@ -203,8 +345,12 @@ def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
             f"style='max-width:100%'></p><p><a href='{svg.relative_to(out).as_posix()}'>SVG"
             "</a></p>"
         )
+    if left_out:
+        parts.append("<h2>Figures left out</h2><ul>" + "".join(
+            f"<li>{html.escape(t)}: {html.escape(w)}</li>" for t, w in left_out) + "</ul>")
     if len(summary):
-        parts.append("<h2>Summary (summary.csv)</h2>" + _table_html(summary))
+        parts.append("<h2>Summary (summary.csv; intervals: 95 % bootstrap over cases)</h2>"
+                     + _table_html(summary))
     stats = manifest.get("embedding_stats", {})
     if stats:
         rows = pd.DataFrame([{"method": k, **v} for k, v in stats.items()])
