@@ -507,6 +507,28 @@ def fig_difficulty(table, *, selection: str | None = None, max_panels: int = 6):
     return fig
 
 
+def _aspect(row) -> float:
+    """Height / width of the row's image (1 when unknown), bounded to keep panels readable."""
+    try:
+        a = float(row["height"]) / float(row["width"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 1.0
+    return float(np.clip(a, 0.5, 1.5)) if np.isfinite(a) else 1.0
+
+
+def _on_disk(run_dir: str | Path, rels) -> np.ndarray:
+    """Whether each relative path names a file of the run folder (bool array)."""
+    root = Path(run_dir)
+    seen: dict[str, bool] = {}
+    out = []
+    for rel in rels:
+        rel = rel if isinstance(rel, str) else ""
+        if rel not in seen:
+            seen[rel] = bool(rel) and (root / rel).is_file()
+        out.append(seen[rel])
+    return np.asarray(out, dtype=bool)
+
+
 def _read_png(run_dir: str | Path, rel: str, *, labels: bool = False) -> np.ndarray | None:
     """A saved mask (bool) or label map (int, ``labels``) of the run folder; None if absent."""
     import cv2
@@ -558,6 +580,7 @@ def fig_iterative(df, run_dir: str | Path | None, *, protocol: str = "paper",
         return None
     d = df[(df["protocol"] == protocol) & (df["selection"] == selection) & (df["click"] > 0)
            & (df["mask_file"].fillna("").astype(str) != "")]
+    d = d[_on_disk(run_dir, d["mask_file"])]
     if d.empty:
         return None
     obj = ["dataset", "task", "case", "slice", "label", "repeat"]
@@ -586,7 +609,8 @@ def fig_iterative(df, run_dir: str | Path | None, *, protocol: str = "paper",
         img, gt = _load_display(run.iloc[0], cache)
     except Exception as exc:  # noqa: BLE001 - the note names the missing source
         return _note_figure(f"Fig. 6: image unavailable: {exc}")
-    fig = _figure(1.75 * n + 0.6, 1.95 * len(methods) + 0.6)
+    aspect = _aspect(run.iloc[0])
+    fig = _figure(1.75 * n + 0.6, (1.75 * aspect + 0.35) * len(methods) + 0.5)
     axes = fig.subplots(len(methods), n, squeeze=False)
     union = gt.copy()
     preds = {}
@@ -638,6 +662,7 @@ def fig_ambiguity(df, run_dir: str | Path | None, method: str, *, protocol: str 
     if run_dir is None or df.empty or "candidates_file" not in df:
         return None
     d = df[(df["method"] == method) & (df["candidates_file"].fillna("").astype(str) != "")]
+    d = d[_on_disk(run_dir, [(json.loads(f) or [""])[0] for f in d["candidates_file"]])]
     if d.empty:
         return None
     protos = list(dict.fromkeys(d["protocol"]))
@@ -648,7 +673,7 @@ def fig_ambiguity(df, run_dir: str | Path | None, method: str, *, protocol: str 
     if d.empty:
         return None
     tasks = sorted(d["task_label"].unique())[:max_tasks]
-    fig = _figure(8.4, 2.9 * len(tasks) + 0.7)
+    fig = _figure(8.4, (2.7 * _aspect(d.iloc[0]) + 0.4) * len(tasks) + 0.7)
     axes = fig.subplots(len(tasks), 3, squeeze=False)
     cache: dict = {}
     near_copies = []
@@ -735,6 +760,7 @@ def fig_everything(df, run_dir: str | Path | None, method: str, *, grids=None,
     proto = df["protocol"].astype(str)
     d = df[(df["method"] == method) & proto.str.fullmatch(r"everything\d+")
            & (df["mask_file"].fillna("").astype(str) != "")]
+    d = d[_on_disk(run_dir, d["mask_file"])]
     if d.empty:
         return None
     d = _with_task(d)
@@ -747,7 +773,7 @@ def fig_everything(df, run_dir: str | Path | None, method: str, *, grids=None,
     d = d[d["selection"] == sel]
     tasks = sorted(d["task_label"].unique())[:max_tasks]
     img_key = ["dataset", "case", "slice"]
-    fig = _figure(2.9 * len(grids) + 0.4, 2.9 * len(tasks) + 0.6)
+    fig = _figure(2.9 * len(grids) + 0.4, (2.8 * _aspect(d.iloc[0]) + 0.4) * len(tasks) + 0.6)
     axes = fig.subplots(len(tasks), len(grids), squeeze=False)
     cache: dict = {}
     mid = grids[len(grids) // 2]
@@ -782,7 +808,8 @@ def fig_everything(df, run_dir: str | Path | None, method: str, *, grids=None,
             for v in np.unique(gt_all[gt_all > 0]):
                 ax.contour(gt_all == v, levels=[0.5], colors=["white"], linewidths=0.9)
             n_pred = r.get("n_pred", np.nan)
-            n_txt = f"{int(n_pred)} masks" if np.isfinite(float(n_pred)) else "masks ?"
+            n_txt = (f"{int(n_pred)} mask{'' if int(n_pred) == 1 else 's'}"
+                     if np.isfinite(float(n_pred)) else "masks ?")
             ax.set_title(f"{g}×{g} points: {n_txt}, match Dice {rg['dice'].mean():.2f}",
                          fontsize=7)
         axes[r_i, 0].set_ylabel(f"{t}\n{key[1]}", fontsize=7)
