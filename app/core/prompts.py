@@ -68,6 +68,9 @@ __all__ = [
     "CosmosStrategy",
     "parse_cosmos",
     "is_iterative",
+    "outer_ring",
+    "centroid_xy",
+    "cosmos_prompts",
 ]
 
 #: The paper's five prompt modes.
@@ -208,7 +211,7 @@ class ModePrompts:
     Attributes
     ----------
     mode : int
-        1-5.
+        1-5; 0 for a COSMOS strategy (:func:`cosmos_prompts`).
     prompts : tuple of Prompt
         Predicted **separately**; the resulting masks are united (one element except mode 4).
     points : list of [x, y, label]
@@ -392,3 +395,123 @@ def noc(ious: Sequence[float], threshold: float, max_clicks: int = 20) -> int:
     """
     arr = np.asarray(ious, float) >= threshold
     return int(np.argmax(arr)) + 1 if arr.any() else int(max_clicks)
+
+
+# --- COSMOS (Huang et al. 2023) prompt strategies ---------------------------------------------
+def outer_ring(mask: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The pixels outside ``mask`` within ``width`` px of it (L2): where COSMOS-style negative
+    points are drawn and where the difficulty factor ``contrast`` measures the surroundings.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (H, W)
+    width : int, optional
+        Default ``max(3, round(0.1 x the object's equivalent diameter))``.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+        Never overlaps ``mask``; empty when ``mask`` is empty or fills the image.
+    """
+    m = np.asarray(mask, bool)
+    if not m.any() or m.all():
+        return np.zeros_like(m)
+    if width is None:
+        width = max(3, int(round(0.1 * 2.0 * np.sqrt(m.sum() / np.pi))))
+    dist = cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, 5)
+    return (~m) & (dist <= float(width))
+
+
+def centroid_xy(mask: np.ndarray) -> tuple[float, float]:
+    """``(x, y)`` centroid of a non-empty binary mask by image moments (``cv2.moments``), as
+    COSMOS's released code places its first positive point; it can fall outside a non-convex
+    object."""
+    mom = cv2.moments(np.asarray(mask, np.uint8), binaryImage=True)
+    if mom["m00"] == 0:
+        raise ValueError("centroid_xy: the mask is empty")
+    return mom["m10"] / mom["m00"], mom["m01"] / mom["m00"]
+
+
+def _uniform_shift(xy: tuple[float, float], box: Sequence[int], fraction: float,
+                   rng: np.random.Generator, shape: tuple[int, int]) -> tuple[int, int]:
+    x0, y0, x1, y1 = box
+    dx = rng.uniform(-fraction, fraction) * (x1 - x0 + 1)
+    dy = rng.uniform(-fraction, fraction) * (y1 - y0 + 1)
+    return _clip_xy(xy[0] + dx, xy[1] + dy, shape)
+
+
+def cosmos_prompts(mask: np.ndarray, strategy: str | CosmosStrategy, rng: np.random.Generator,
+                   *, jitter: float = 0.0, ring_width: int | None = None) -> ModePrompts:
+    """The prompt of a COSMOS strategy for one ground-truth object, as **one** call.
+
+    * positive point 1: the moments centroid of the whole mask (:func:`centroid_xy`), kept
+      where it falls, inside the object or not;
+    * positive points 2..N: object pixels drawn uniformly without replacement;
+    * negative points: pixels of :func:`outer_ring` drawn uniformly without replacement;
+    * box: the tight box of the whole mask (inclusive corners).
+
+    The randomness test (``jitter`` > 0): every point, and each box edge, moves by a uniform
+    draw in ``[-jitter, +jitter]`` x the object's box width (x) / height (y), then is rounded
+    and clipped to the image (so a move is bounded, unlike the five modes' Gaussian jitter).
+    Labels stay as drawn (a moved negative may land on the object).
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (H, W)
+        Non-empty.
+    strategy : str or CosmosStrategy
+        ``cosmos-centroid``, ``cosmos-box``, ``cosmos-box-centroid``, ``cosmos-{N}pos``,
+        ``cosmos-{N}pos{M}neg``.
+    rng : Generator
+    jitter : float
+    ring_width : int, optional
+        See :func:`outer_ring`.
+
+    Returns
+    -------
+    ModePrompts
+        ``mode`` 0, one prompt; ``points`` ``[x, y, label]`` (label 0 = negative), ``boxes``.
+    """
+    st = parse_cosmos(strategy) if isinstance(strategy, str) else strategy
+    if st is None:
+        raise ValueError(f"not a COSMOS strategy: {strategy!r}")
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2 or not mask.any():
+        raise ValueError(f"cosmos_prompts needs a non-empty 2D mask, got shape {mask.shape}")
+    shape = mask.shape
+    box = tight_box(mask)
+    pts: list[tuple[float, float, int]] = []
+    if st.n_pos:
+        cx, cy = centroid_xy(mask)
+        pts.append((cx, cy, 1))
+        if st.n_pos > 1:
+            rows, cols = np.nonzero(mask)
+            k = st.n_pos - 1
+            pick = rng.choice(len(rows), size=k, replace=k > len(rows))
+            pts.extend((float(cols[i]), float(rows[i]), 1) for i in pick)
+    if st.n_neg:
+        ring = outer_ring(mask, ring_width)
+        if not ring.any():
+            ring = ~mask
+        rows, cols = np.nonzero(ring)
+        if len(rows):
+            pick = rng.choice(len(rows), size=st.n_neg, replace=st.n_neg > len(rows))
+            pts.extend((float(cols[i]), float(rows[i]), 0) for i in pick)
+    if jitter > 0:
+        pts = [(*_uniform_shift((x, y), box, jitter, rng, shape), lab) for x, y, lab in pts]
+    points = [[*_clip_xy(x, y, shape), int(lab)] for x, y, lab in pts]
+    boxes: list[list[int]] = []
+    if st.box:
+        b = box
+        if jitter > 0:
+            w, h = b[2] - b[0] + 1, b[3] - b[1] + 1
+            e = [b[0] + rng.uniform(-jitter, jitter) * w, b[1] + rng.uniform(-jitter, jitter) * h,
+                 b[2] + rng.uniform(-jitter, jitter) * w, b[3] + rng.uniform(-jitter, jitter) * h]
+            ax, ay = _clip_xy(min(e[0], e[2]), min(e[1], e[3]), shape)
+            bx, by = _clip_xy(max(e[0], e[2]), max(e[1], e[3]), shape)
+            b = [ax, ay, bx, by]
+        boxes = [list(map(int, b))]
+    prompt = Prompt(points_xy=np.array([p[:2] for p in points], np.float32).reshape(-1, 2),
+                    point_labels=np.array([p[2] for p in points], np.int32),
+                    box_xyxy=None if not boxes else np.asarray(boxes[0], np.float32))
+    return ModePrompts(0, (prompt,), points, boxes)

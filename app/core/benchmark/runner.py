@@ -50,11 +50,12 @@ from app.core.benchmark.datasets import (
 from app.core.benchmark.results import ResultsStore, read_manifest, write_manifest
 from app.core.errors import DatasetError, InputValueError, RunFolderError, WriteError
 from app.core.io._atomic import write_bytes_atomic
-from app.core.metrics import dice, hd95, iou, nsd, size_fraction
+from app.core.metrics import dice, hd95, iou, nsd
 from app.core.models.base import Candidates, Prompt, PromptNotSupportedError
 from app.core.prompts import (
     MODES,
     PROTOCOLS,
+    cosmos_prompts,
     derive_rng,
     is_iterative,
     mode_prompts,
@@ -350,6 +351,20 @@ class _Run:
         self.rows_written = 0
         self.skipped: list[Skipped] = []
         self.digest = plan.digest()
+        #: difficulty factors of the objects of the image in progress
+        self._factors: dict[tuple[str, str, int], dict[str, float]] = {}
+
+    def factors(self, sample: ImageSample, label: int) -> dict[str, float]:
+        """Difficulty factors of one object (computed once per image and label)."""
+        key = (sample.ref.dataset, sample.case_id, int(label))
+        if key not in self._factors:
+            from app.core.benchmark.difficulty import difficulty_factors
+
+            if len(self._factors) > 64:  # only the image in progress is needed
+                self._factors.clear()
+            self._factors[key] = difficulty_factors(sample.masks[label],
+                                                    sample.image.unit_range())
+        return self._factors[key]
 
     def log(self, msg: str) -> None:
         log.info(msg)
@@ -391,7 +406,7 @@ class _Run:
             "slice": sample.slice_index, "method": method_name, "protocol": protocol,
             "repeat": repeat, "nsd_tolerance_mm": self.plan.nsd_tolerance_mm
             if sample.spacing_mm is not None else None,
-            "size_fraction": size_fraction(sample.masks[label]),
+            **self.factors(sample, label),
             "prepare_seconds": round(prepare_s, 6), "height": h, "width": w,
             "spacing_mm": "" if sample.spacing_mm is None
             else json.dumps([round(float(s), 9) for s in sample.spacing_mm]),
@@ -399,7 +414,13 @@ class _Run:
             "label_path": "" if sample.ref.label is None else str(sample.ref.label),
         }
 
-    def save_mask(self, row: dict[str, Any], mask: np.ndarray) -> str:
+    def save_mask(self, row: dict[str, Any], mask: np.ndarray, *, suffix: str | None = None,
+                  label_map: bool = False) -> str:
+        """Write a mask PNG for ``row`` (0/255; ``label_map``: the uint16 array as is) and
+        return its path relative to the run folder ('' when masks are not kept).
+
+        ``suffix`` replaces the selection at the end of the file name (candidates, label maps).
+        """
         if not self.plan.save_masks:
             return ""
         import cv2
@@ -407,12 +428,13 @@ class _Run:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in row["case"])
         rel = Path("masks") / row["dataset"].replace("/", "_") / f"label{row['label']}" / (
             row["method"]) / f"{safe}_{row['protocol']}_r{row['repeat']}_c{row['click']}_"
-        rel = rel.with_name(rel.name + f"{row['selection']}.png")
+        rel = rel.with_name(rel.name + f"{row['selection'] if suffix is None else suffix}.png")
         path = self.out / rel
+        data = mask.astype(np.uint16) if label_map else mask.astype(np.uint8) * 255
+        ok, png = cv2.imencode(".png", data)
+        if not ok:
+            raise WriteError(f"{path}: the PNG encoder failed for a {mask.shape} mask")
         if self.keep_mask_bytes:
-            ok, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-            if not ok:
-                raise WriteError(f"{path}: the PNG encoder failed for a {mask.shape} mask")
             self.pending_masks.append((rel.as_posix(), png.tobytes()))
             return rel.as_posix()
         try:
@@ -421,11 +443,15 @@ class _Run:
             from app.core.io._atomic import describe_os_error
 
             raise WriteError(describe_os_error(path.parent, exc)) from exc
-        ok, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-        if not ok:
-            raise WriteError(f"{path}: the PNG encoder failed for a {mask.shape} mask")
         write_bytes_atomic(path, png.tobytes())
         return rel.as_posix()
+
+    def save_candidates(self, row: dict[str, Any], masks: np.ndarray) -> str:
+        """``candidates_file``: JSON list of the K candidate PNGs of a prompt group ('')."""
+        if not self.plan.save_masks:
+            return ""
+        return json.dumps([self.save_mask(row, m, suffix=f"cand{k}")
+                           for k, m in enumerate(masks)])
 
 
 def group_id(dataset: str, task: str, case: str, method: str, protocol: str, repeat: int,
@@ -460,17 +486,46 @@ def _refused_row(run: _Run, method: Any, sample: ImageSample, label: int, task: 
     return row
 
 
+def _scores_json(scores: np.ndarray) -> str:
+    """``candidate_scores``: the K predicted IoUs as a JSON list, null for NaN."""
+    return json.dumps([round(float(v), 6) if np.isfinite(v) else None
+                       for v in np.asarray(scores, float)])
+
+
 def _run_mode(run: _Run, method: Any, state: Any, sample: ImageSample, label: int, task: str,
               mode: int, repeat: int, selections: Sequence[str], prepare_s: float) -> list[dict]:
     plan = run.plan
     gt = sample.masks[label]
     rng = derive_rng(plan.seed, sample.ref.dataset, sample.case_id, label, f"mode{mode}", repeat)
     mp = mode_prompts(gt, mode, rng, jitter=plan.jitter)
+    return _run_prompts(run, method, state, sample, label, task, f"mode{mode}", repeat,
+                        selections, prepare_s, mp)
+
+
+def _run_cosmos(run: _Run, method: Any, state: Any, sample: ImageSample, label: int,
+                task: str, strategy: str, repeat: int, selections: Sequence[str],
+                prepare_s: float) -> list[dict]:
+    """One COSMOS strategy (:func:`app.core.prompts.cosmos_prompts`) on one object: one call,
+    a row per selection; ``plan.jitter`` > 0 with ``repeats`` is the randomness test."""
+    plan = run.plan
+    gt = sample.masks[label]
+    rng = derive_rng(plan.seed, sample.ref.dataset, sample.case_id, label, strategy, repeat)
+    mp = cosmos_prompts(gt, strategy, rng, jitter=plan.jitter)
+    return _run_prompts(run, method, state, sample, label, task, strategy, repeat, selections,
+                        prepare_s, mp)
+
+
+def _run_prompts(run: _Run, method: Any, state: Any, sample: ImageSample, label: int,
+                 task: str, protocol: str, repeat: int, selections: Sequence[str],
+                 prepare_s: float, mp: Any) -> list[dict]:
+    """The rows of one prompt group made of fixed prompts (a mode or a COSMOS strategy)."""
+    plan = run.plan
+    gt = sample.masks[label]
     t0 = time.perf_counter()
     try:
         parts = [method.predict(state, p, multimask=True) for p in mp.prompts]
     except PromptNotSupportedError as exc:
-        return [_refused_row(run, method, sample, label, task, f"mode{mode}", repeat, sel,
+        return [_refused_row(run, method, sample, label, task, protocol, repeat, sel,
                              prepare_s, exc, mp.points, mp.boxes, click=0) for sel in selections]
     seconds = time.perf_counter() - t0
     if len(parts) == 1:
@@ -481,10 +536,10 @@ def _run_mode(run: _Run, method: Any, state: Any, sample: ImageSample, label: in
     ious = [metrics.of(k, masks[k])["iou"] for k in range(len(masks))]
     supported = all(method.supports(p) for p in mp.prompts)
     rows = []
+    candidates_file = None
     for sel in selections:
         k = select_candidate(masks, scores, gt, sel, ious)
-        row = run.base_row(sample, label, task, method.name, f"mode{mode}", repeat, prepare_s,
-                           sel)
+        row = run.base_row(sample, label, task, method.name, protocol, repeat, prepare_s, sel)
         row.update(metrics.of(k, masks[k]))
         row.update(
             click=0, selection=sel, candidate=k,
@@ -492,14 +547,21 @@ def _run_mode(run: _Run, method: Any, state: Any, sample: ImageSample, label: in
             points=json.dumps(mp.points), boxes=json.dumps(mp.boxes), n_calls=len(parts),
             seconds=round(seconds, 6), prompt_supported=supported,
             note="" if supported else method.note or f"{method.name} is not meant for this prompt",
+            candidate_scores=_scores_json(scores),
         )
         row["mask_file"] = run.save_mask(row, masks[k])
+        if candidates_file is None:  # written once per group
+            candidates_file = run.save_candidates(row, masks) if len(masks) > 1 else ""
+        row["candidates_file"] = candidates_file
         rows.append(row)
     return rows
 
 
 def _run_clicks(run: _Run, method: Any, state: Any, sample: ImageSample, label: int, task: str,
                 protocol: str, repeat: int, selection: str, prepare_s: float) -> list[dict]:
+    if parse_cosmos(protocol) is not None:  # callers that loop over plan.protocols
+        return _run_cosmos(run, method, state, sample, label, task, protocol, repeat,
+                           [selection], prepare_s)
     plan = run.plan
     gt = sample.masks[label]
     rng = derive_rng(plan.seed, sample.ref.dataset, sample.case_id, label, protocol, repeat)
@@ -544,14 +606,89 @@ def _run_clicks(run: _Run, method: Any, state: Any, sample: ImageSample, label: 
             points=json.dumps(points), boxes="[]", n_calls=1, seconds=round(seconds, 6),
             prompt_supported=supported,
             note="" if supported else method.note or f"{method.name} is not meant for points",
-            mask_file="",
+            candidate_scores=_scores_json(cands.scores),
         )
+        # every click's mask (figure 6 shows clicks 1..9 of one case)
+        row["mask_file"] = run.save_mask(row, pred)
         metrics_rows.append(row)
         if protocol == "standard" and row["iou"] >= plan.target_iou:
             break
-    if metrics_rows and pred is not None:
-        metrics_rows[-1]["mask_file"] = run.save_mask(metrics_rows[-1], pred)
     return metrics_rows
+
+
+def everything_skip_reason(method: Any) -> str:
+    """Why ``method`` cannot run everything mode ('' when it can)."""
+    model = getattr(getattr(method, "engine", None), "model", None)
+    if model is None:
+        return (f"{method.name} is not a SAM-family model: everything mode decodes a grid of "
+                "points on a model's image embedding")
+    if not method.capabilities.points:
+        return (f"{method.name} gives no useful mask from a single point "
+                "(capabilities.points is False): everything mode not run")
+    return ""
+
+
+def _run_everything(run: _Run, method: Any, state: Any, sample: ImageSample,
+                    tasks: dict[int, str], grid: int, labels: Sequence[int],
+                    prepare_s: float) -> dict[int, list[dict]]:
+    """Everything mode at ``grid`` points per side on one image: the masks are generated once
+    and matched to every ground-truth object of the image (:mod:`.matching`); the rows of each
+    label in ``labels`` (one group per label, a row per matching rule).
+
+    A method that cannot (:func:`everything_skip_reason`) gets rows without metrics and the
+    reason in ``note``.
+    """
+    from app.core.benchmark.matching import MATCH_SELECTIONS, match_objects
+
+    plan = run.plan
+    protocol = f"everything{grid}"
+    why = everything_skip_reason(method)
+    out: dict[int, list[dict]] = {}
+    if why:
+        for label in labels:
+            rows = []
+            for sel in MATCH_SELECTIONS:
+                row = run.base_row(sample, label, tasks[label], method.name, protocol, 0,
+                                   prepare_s, sel)
+                row.update(click=0, selection=sel, iou=None, dice=None, hd95_mm=None, nsd=None,
+                           candidate=None, score=None, points="[]", boxes="[]", n_calls=0,
+                           seconds=0.0, prompt_supported=False, note=f"skipped: {why}",
+                           mask_file="")
+                rows.append(row)
+            out[label] = rows
+        return out
+    from app.core.everything import generate_masks, label_map
+
+    result = generate_masks(method.engine.model, state, grid, plan.everything_options)
+    matches = match_objects(result.masks, sample.masks)
+    mask_file = None
+    for label in labels:
+        metrics = _Metrics(sample.masks[label], sample.spacing_mm, plan.nsd_tolerance_mm)
+        rows = []
+        for sel in MATCH_SELECTIONS:
+            m = matches[sel][label]
+            row = run.base_row(sample, label, tasks[label], method.name, protocol, 0,
+                               prepare_s, sel)
+            if m.pred is None:
+                row.update(iou=0.0, dice=0.0, hd95_mm=None, nsd=None, candidate=None,
+                           score=None, points="[]")
+            else:
+                row.update(metrics.of(m.pred, result.masks[m.pred]))
+                row.update(iou=m.iou, dice=m.dice, candidate=m.pred,
+                           score=float(result.scores[m.pred]),
+                           points=json.dumps([[*(int(round(float(v)))
+                                                 for v in result.points_xy[m.pred]), 1]]))
+            row.update(click=0, selection=sel, boxes="[]", n_calls=result.n_prompts,
+                       seconds=round(result.seconds, 6), prompt_supported=True, note="",
+                       n_pred=len(result), matched=m.matched, precision=m.precision,
+                       recall=m.recall, f1=m.f1)
+            if mask_file is None:  # one label map per image and grid, shared by its rows
+                mask_file = run.save_mask(dict(row, label="all"), label_map(result),
+                                          suffix="labels", label_map=True)
+            row["mask_file"] = mask_file
+            rows.append(row)
+        out[label] = rows
+    return out
 
 
 def _check_resume(out: Path, plan: BenchmarkPlan, store: ResultsStore) -> dict[str, Any]:
@@ -862,11 +999,24 @@ def _case_work(run: _Run, methods: dict[str, Any], tasks: dict[int, str], ref: A
                         if not is_done(gid):
                             groups.append(("mode", label, rep, mode, None))
                     for proto in plan.protocols:
+                        if parse_cosmos(proto) is not None:
+                            gid = group_id(ref.dataset, task, sample.case_id, name, proto,
+                                           rep, None)
+                            if not is_done(gid):
+                                groups.append(("cosmos", label, rep, proto, None))
+                            continue
                         for sel in sels:
                             gid = group_id(ref.dataset, task, sample.case_id, name,
                                            proto, rep, sel)
                             if not is_done(gid):
                                 groups.append(("clicks", label, rep, proto, sel))
+            # everything mode: no randomness, one repeat; one generation per image and grid
+            for grid in plan.grids:
+                todo = [label for label in sample.masks
+                        if not is_done(group_id(ref.dataset, tasks[label], sample.case_id,
+                                                name, f"everything{grid}", 0, None))]
+                if todo:
+                    groups.append(("everything", tuple(todo), 0, grid, None))
             if not groups:
                 continue
             t0 = time.perf_counter()
@@ -876,9 +1026,21 @@ def _case_work(run: _Run, methods: dict[str, Any], tasks: dict[int, str], ref: A
             for kind, label, rep, what, sel in groups:
                 if cancelled():
                     return
+                if kind == "everything":
+                    by_label = _run_everything(run, method, state, sample, tasks, what, label,
+                                               prepare_s)
+                    for i, rows in enumerate(by_label.values()):
+                        masks, run.pending_masks = run.pending_masks, []
+                        calls = rows[0]["n_calls"] if rows and i == 0 else 0
+                        yield ("group", name, rows, masks, calls)
+                    continue
                 if kind == "mode":
                     rows = _run_mode(run, method, state, sample, label, tasks[label],
                                      what, rep, sels, prepare_s)
+                    calls = rows[0]["n_calls"] if rows else 0
+                elif kind == "cosmos":
+                    rows = _run_cosmos(run, method, state, sample, label, tasks[label],
+                                       what, rep, sels, prepare_s)
                     calls = rows[0]["n_calls"] if rows else 0
                 else:
                     rows = _run_clicks(run, method, state, sample, label,

@@ -170,6 +170,76 @@ class SamFamilyModel:
         c = self._decode(embedding, Prompt(), boxes, multimask=False)
         return Candidates(c.masks, c.scores, c.low_res_logits, meaningful=False)
 
+    def decode_points(self, embedding: Embedding, points_xy: np.ndarray,
+                      multimask: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Decode N single-point positive prompts on one embedding (segment everything).
+
+        The torch backend decodes them in one batch; an exported graph (batch 1) one by one.
+
+        Parameters
+        ----------
+        embedding : Embedding
+        points_xy : ndarray, shape (N, 2)
+            ``(x, y)`` original pixels, one positive point per prompt.
+        multimask : bool
+            Three outputs per point when the model's are meaningful, else one.
+
+        Returns
+        -------
+        low_res : ndarray of float32, shape (N, K, 256, 256)
+        scores : ndarray of float32, shape (N, K)
+            Predicted IoU.
+        """
+        if embedding.model_name != self.name:
+            raise ValueError(
+                f"embedding was computed by {embedding.model_name!r}, not by {self.name!r}")
+        pts = np.asarray(points_xy, np.float32).reshape(-1, 2)
+        if len(pts) == 0:
+            raise PromptNotSupportedError("no points given")
+        Prompt.from_points(pts).validate_for(embedding.original_size)
+        coords = self.preprocessing.points_to_model(pts, embedding.original_size)
+        multimask_out = bool(multimask and self.capabilities.meaningful_multimask)
+        rt = getattr(self, "_runtime", None)
+        if rt is not None:
+            lows, ious = [], []
+            for c in coords:
+                out = rt.decode(self, embedding.features, c[None], np.ones(1, np.int64), None,
+                                None, multimask_out)
+                if out is None:  # the runtime fell back to torch
+                    break
+                lows.append(out[0])
+                ious.append(out[1])
+            else:
+                return np.stack(lows), np.stack(ious)
+        import torch
+
+        dev = self.device
+        features = embedding.features
+        if not isinstance(features, torch.Tensor):
+            features = torch.from_numpy(np.asarray(features, np.float32)).to(dev)
+        # on the CPU a batch was slower per point than one point at a time (the decoder
+        # repeats the embedding per prompt): 48 points 419 vs 184 ms each (bench/everything.py)
+        step = 1 if dev == "cpu" else len(coords)
+        lows, ious = [], []
+        for i in range(0, len(coords), step):
+            c = torch.from_numpy(np.ascontiguousarray(coords[i:i + step, None, :])).to(dev)
+            lab = torch.ones((len(c), 1), dtype=torch.int64, device=dev)
+            with torch.inference_mode(), self._autocast():
+                sparse, dense = self.net.prompt_encoder(points=(c, lab), boxes=None, masks=None)
+                low_res, iou = self.net.mask_decoder(
+                    image_embeddings=features, image_pe=self._dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                    multimask_output=multimask_out)
+            lows.append(low_res.float().cpu().numpy().astype(np.float32, copy=False))
+            ious.append(iou.float().cpu().numpy().astype(np.float32, copy=False))
+        return np.concatenate(lows), np.concatenate(ious)
+
+    def logits_to_masks(self, embedding: Embedding, low_res: np.ndarray) -> np.ndarray:
+        """Masks (M, H, W) bool at the original resolution from low-res logits (M, 256, 256)
+        of this embedding (as :meth:`predict` makes them)."""
+        return self.preprocessing.logits_to_masks(low_res, embedding.input_size,
+                                                  embedding.original_size)
+
     # --- backends -------------------------------------------------------------------------
     @property
     def backend(self) -> str:
