@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -42,12 +43,20 @@ CASE_LAYER_KEY = "samscope_benchmark_case"
 
 # the figures first: the IoU column used to be off-screen
 _SUMMARY_COLUMNS = ["method", "protocol", "iou_mean", "iou_ci_low", "iou_ci_high", "dice_mean",
-                    "n", "task", "click", "selection", "dataset", "seconds_mean"]
+                    "n", "n_cases", "task", "click", "selection", "dataset", "seconds_mean"]
 #: the prompt modes as the paper names them
 MODE_TITLES = {1: "1 point, largest part", 2: "1 point per part (≤3)", 3: "box, largest part",
                4: "1 box per part (≤3)", 5: "box around all parts"}
 #: methods the default plan runs: the box model for boxes, the click model for points
 DEFAULT_METHODS = ("litemedsam", "litemedsam_points")
+#: everything-mode grid densities offered (points per side)
+GRID_CHOICES = (16, 32, 64, 128)
+#: COSMOS prompt strategies offered: (key, label, protocol name with {n} for the point count)
+COSMOS_CHOICES = (("centroid", "centroid point", "cosmos-centroid"),
+                  ("box", "box", "cosmos-box"),
+                  ("box_centroid", "box + centroid", "cosmos-box-centroid"),
+                  ("pos", "N positive", "cosmos-{n}pos"),
+                  ("posneg", "N pos + N neg", "cosmos-{n}pos{n}neg"))
 
 
 def default_run_folder(dataset_root) -> Path:
@@ -167,7 +176,49 @@ class BenchmarkDock(QWidget):
         self.clicks_spin.setValue(5)
         self.clicks_spin.setPrefix("clicks ")
         g.addWidget(self.clicks_spin, 2, 2)
-        g.addWidget(QLabel("Selection:"), 3, 0)
+        g.addWidget(QLabel("Everything:"), 3, 0)
+        row = QHBoxLayout()
+        self.grid_checks = {}
+        for n in GRID_CHOICES:
+            c = QCheckBox(f"{n}²")
+            c.setToolTip(f"everything mode with a grid of {n}×{n} point prompts (SAM's "
+                         "automatic mask generator; masks matched to the ground truth)")
+            self.grid_checks[n] = c
+            row.addWidget(c)
+        row.addStretch(1)
+        g.addLayout(row, 3, 1, 1, 3)
+        g.addWidget(QLabel("COSMOS:"), 4, 0, Qt.AlignmentFlag.AlignTop)
+        row = QGridLayout()
+        self.cosmos_checks = {}
+        for i, (key, label, name) in enumerate(COSMOS_CHOICES):
+            c = QCheckBox(label)
+            c.setToolTip("COSMOS 1050K prompt strategy (Huang et al. 2023): "
+                         + name.replace("{n}", "N"))
+            self.cosmos_checks[key] = c
+            row.addWidget(c, i // 2, i % 2)
+        self.cosmos_n_spin = QSpinBox()
+        self.cosmos_n_spin.setRange(1, 20)
+        self.cosmos_n_spin.setValue(5)
+        self.cosmos_n_spin.setPrefix("N = ")
+        self.cosmos_n_spin.setToolTip("points per sign for the N-point strategies")
+        row.addWidget(self.cosmos_n_spin, 2, 1)
+        g.addLayout(row, 4, 1, 1, 3)
+        g.addWidget(QLabel("Jitter:"), 5, 0)
+        self.jitter_spin = QDoubleSpinBox()
+        self.jitter_spin.setRange(0.0, 0.5)
+        self.jitter_spin.setSingleStep(0.05)
+        self.jitter_spin.setDecimals(2)
+        self.jitter_spin.setSuffix(" × size")
+        self.jitter_spin.setToolTip("randomness test: prompt noise as a fraction of the "
+                                    "object's size (modes and COSMOS strategies); 0 = exact")
+        g.addWidget(self.jitter_spin, 5, 1)
+        self.repeats_spin = QSpinBox()
+        self.repeats_spin.setRange(1, 100)
+        self.repeats_spin.setPrefix("repeats ")
+        self.repeats_spin.setToolTip("jittered repetitions of every prompt (mean and spread "
+                                     "per case in the report)")
+        g.addWidget(self.repeats_spin, 5, 2)
+        g.addWidget(QLabel("Selection:"), 6, 0)
         row = QHBoxLayout()
         self.selection_checks = {}
         for name in ("first", "best_score", "oracle"):
@@ -180,44 +231,44 @@ class BenchmarkDock(QWidget):
                                        "ranked, first only otherwise")
         self.selection_auto.setChecked(True)
         row.addWidget(self.selection_auto)
-        g.addLayout(row, 3, 1, 1, 3)
-        g.addWidget(QLabel("Seed:"), 4, 0)
+        g.addLayout(row, 6, 1, 1, 3)
+        g.addWidget(QLabel("Seed:"), 7, 0)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
-        g.addWidget(self.seed_spin, 4, 1)
+        g.addWidget(self.seed_spin, 7, 1)
         self.max_cases_spin = QSpinBox()
         self.max_cases_spin.setRange(0, 100000)
         self.max_cases_spin.setSpecialValueText("all cases")
         self.max_cases_spin.setPrefix("≤ ")
         self.max_cases_spin.setSuffix(" cases")
-        g.addWidget(self.max_cases_spin, 4, 2)
+        g.addWidget(self.max_cases_spin, 7, 2)
         self.max_slices_spin = QSpinBox()
         self.max_slices_spin.setRange(0, 10000)
         self.max_slices_spin.setSpecialValueText("all slices")
         self.max_slices_spin.setPrefix("≤ ")
         self.max_slices_spin.setSuffix(" slices")
-        g.addWidget(self.max_slices_spin, 4, 3)
-        g.addWidget(QLabel("Output:"), 5, 0)
+        g.addWidget(self.max_slices_spin, 7, 3)
+        g.addWidget(QLabel("Output:"), 8, 0)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("run folder (results.csv, report.html)")
         self.out_button = QPushButton("Choose…")
         self.out_button.clicked.connect(self._choose_out)
-        g.addWidget(self.out_edit, 5, 1, 1, 2)
-        g.addWidget(self.out_button, 5, 3)
-        g.addWidget(QLabel("Run on:"), 6, 0)
+        g.addWidget(self.out_edit, 8, 1, 1, 2)
+        g.addWidget(self.out_button, 8, 3)
+        g.addWidget(QLabel("Run on:"), 9, 0)
         self.run_on_combo = QComboBox()
         self.run_on_combo.addItem("this computer", None)
         self.run_on_combo.addItem("Ray cluster at …", "ray")
         self.run_on_combo.setToolTip("a Ray cluster needs samscope[cluster] and the dataset "
                                      "at the same path on every node")
-        g.addWidget(self.run_on_combo, 6, 1)
+        g.addWidget(self.run_on_combo, 9, 1)
         self.ray_address_edit = QLineEdit("auto")
         self.ray_address_edit.setToolTip("auto (RAY_ADDRESS, the cluster 'ray start' began "
                                          "here, else a local Ray) or HOST:PORT of the head")
         self.ray_address_edit.setEnabled(False)
         self.run_on_combo.currentIndexChanged.connect(
             lambda _i: self.ray_address_edit.setEnabled(self.run_on_combo.currentData() == "ray"))
-        g.addWidget(self.ray_address_edit, 6, 2, 1, 2)
+        g.addWidget(self.ray_address_edit, 9, 2, 1, 2)
         lay.addWidget(box)
 
         row = QHBoxLayout()
@@ -355,6 +406,12 @@ class BenchmarkDock(QWidget):
             return None
         return self.ray_address_edit.text().strip() or "auto"
 
+    def cosmos_protocols(self) -> tuple[str, ...]:
+        """The COSMOS strategy names the checkboxes choose (e.g. ``cosmos-5pos5neg``)."""
+        n = self.cosmos_n_spin.value()
+        return tuple(name.format(n=n) for key, _label, name in COSMOS_CHOICES
+                     if self.cosmos_checks[key].isChecked())
+
     def plan(self, resume: bool = False):
         """The :class:`~app.core.benchmark.BenchmarkPlan` the controls describe."""
         from app.core.benchmark import BenchmarkPlan
@@ -364,7 +421,7 @@ class BenchmarkDock(QWidget):
                    if self.methods_list.item(i).checkState() == Qt.CheckState.Checked]
         if not methods:
             raise ValueError("choose at least one method")
-        protocols = tuple(self.protocol_combo.currentData() or ())
+        protocols = tuple(self.protocol_combo.currentData() or ()) + self.cosmos_protocols()
         selections = None if self.selection_auto.isChecked() else tuple(
             n for n, c in self.selection_checks.items() if c.isChecked())
         out = self.out_edit.text().strip()
@@ -377,7 +434,10 @@ class BenchmarkDock(QWidget):
         return BenchmarkPlan(
             data=self.data_edit.text().strip(), out_dir=out, methods=tuple(methods),
             modes=tuple(i + 1 for i, c in enumerate(self.mode_checks) if c.isChecked()),
-            protocols=protocols, clicks=self.clicks_spin.value() if protocols else None,
+            protocols=protocols, clicks=self.clicks_spin.value()
+            if self.protocol_combo.currentData() else None,
+            grids=tuple(n for n, c in self.grid_checks.items() if c.isChecked()),
+            jitter=float(self.jitter_spin.value()), repeats=self.repeats_spin.value(),
             selections=selections, seed=self.seed_spin.value(), resume=resume,
             max_cases=self.max_cases_spin.value() or None,
             max_slices=self.max_slices_spin.value() or None, ray=self.ray_address())
@@ -581,18 +641,35 @@ class BenchmarkDock(QWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 
         from app.core.benchmark import figures
+        from app.core.benchmark.tables import difficulty_table
 
         df = self.results
+        out = self.out_dir
         methods = sorted(df["method"].unique())
+        protos = set(df["protocol"].astype(str))
         makers = [("IoU per mode", lambda: figures.fig_modes(df))]
-        if "paper" in set(df["protocol"]) or "standard" in set(df["protocol"]):
-            proto = "paper" if "paper" in set(df["protocol"]) else "standard"
+        if "paper" in protos or "standard" in protos:
+            proto = "paper" if "paper" in protos else "standard"
             makers.append(("IoU vs clicks", lambda: figures.fig_clicks(df, proto)))
-        size_proto = "mode5" if "mode5" in set(df["protocol"]) else sorted(df["protocol"])[0]
+            makers.append(("Clicks (Fig. 6)",
+                           lambda: figures.fig_iterative(df, out, protocol=proto)))
+        size_proto = "mode5" if "mode5" in protos else sorted(protos)[0]
         makers.append(("Size vs IoU", lambda: figures.fig_size(df, size_proto)))
         if len(methods) >= 2:
             makers.append((f"ΔIoU {methods[0]} − {methods[1]}",
                            lambda: figures.fig_delta(df, methods[0], methods[1])))
+        cands = [m for m in methods if "candidates_file" in df and
+                 (df.loc[df["method"] == m, "candidates_file"].astype(str) != "").any()]
+        if cands:
+            makers.append(("Ambiguity (Fig. 7)",
+                           lambda: figures.fig_ambiguity(df, out, cands[0])))
+        every = sorted(df.loc[df["protocol"].astype(str).str.fullmatch(r"everything\d+"),
+                              "method"].unique())
+        if every:
+            makers.append(("Everything (Fig. 9)",
+                           lambda: figures.fig_everything(df, out, every[0])))
+        makers.append(("Difficulty", lambda: figures.fig_difficulty(
+            difficulty_table(df, n_boot=500))))
         for name, widget in list(self.figure_tabs.items()):
             self.tabs.removeTab(self.tabs.indexOf(widget))
             widget.deleteLater()
