@@ -150,3 +150,49 @@ def test_default_plan_output_and_rows_a_method_cannot_answer(bench, qtbot, share
     rows = {table.item(r, 1).text(): table.item(r, 2).text() for r in range(table.rowCount())}
     assert rows["mode1"].startswith("n/a")
     assert float(rows["mode3"]) > 0.85  # a real box IoU on 307_HC (measured 0.949)
+
+
+def test_plan_controls_for_everything_mode_cosmos_and_the_randomness_test(bench, qtbot,
+                                                                         shared_data, tmp_path):
+    data = _pairs(shared_data, tmp_path, ["006_HC"])
+    bench.set_dataset(data)
+    qtbot.waitUntil(lambda: bench.suite is not None, timeout=30_000)
+    bench.out_edit.setText(str(tmp_path / "run"))
+    _plan_controls(bench, {1, 3})
+    # nothing new chosen: the plan is the paper's as before
+    plan = bench.plan()
+    assert tuple(plan.grids) == () and tuple(plan.protocols) == ()
+    assert plan.jitter == 0 and plan.repeats == 1 and plan.clicks is None
+    bench.grid_checks[16].setChecked(True)
+    bench.grid_checks[64].setChecked(True)
+    bench.cosmos_checks["centroid"].setChecked(True)
+    bench.cosmos_checks["posneg"].setChecked(True)
+    bench.cosmos_n_spin.setValue(3)
+    bench.jitter_spin.setValue(0.1)
+    bench.repeats_spin.setValue(5)
+    bench.protocol_combo.setCurrentIndex(bench.protocol_combo.findText("paper"))
+    plan = bench.plan()
+    assert tuple(plan.grids) == (16, 64)
+    assert tuple(plan.protocols) == ("paper", "cosmos-centroid", "cosmos-3pos3neg")
+    assert plan.jitter == pytest.approx(0.1) and plan.repeats == 5 and plan.clicks == 5
+    # the plan is one the runner accepts: its options name the new fields
+    opts = plan.options()
+    assert opts["grids"] == [16, 64] and opts["repeats"] == 5
+
+
+def test_figure_tabs_for_iterative_ambiguity_everything_and_difficulty(bench, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "core" / "benchmark" / "analysis_run.py"
+    spec = importlib.util.spec_from_file_location("samscope_tests_analysis_run", path)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    if not run.available():
+        pytest.skip("shared/data/png_pairs/fetal_head_us is missing")
+    out = run.build_run(tmp_path / "run")
+    assert bench.open_run(out)
+    for name in ("Clicks (Fig. 6)", "Ambiguity (Fig. 7)", "Everything (Fig. 9)", "Difficulty"):
+        assert name in bench.figure_tabs, (name, list(bench.figure_tabs))
+    fig9 = bench.figure_tabs["Everything (Fig. 9)"].figure
+    assert "everything mode" in fig9.get_suptitle()

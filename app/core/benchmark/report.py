@@ -123,7 +123,7 @@ def _table_html(df, float_fmt: str = "{:.3f}") -> str:
                       float_format=lambda v: float_fmt.format(v))
 
 
-def _figures(df, out: Path, difficulty=None) -> tuple[list[tuple[str, str, list[Path]]],
+def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[list[tuple[str, str, list[Path]]],
                                                        list[tuple[str, str]]]:
     """Draw and save the figures; returns (stem, title, paths) drawn and (title, why) left out."""
     made: list[tuple[str, str, list[Path]]] = []
@@ -158,7 +158,8 @@ def _figures(df, out: Path, difficulty=None) -> tuple[list[tuple[str, str, list[
         add("fig6_iterative", f"One object with 1 to 9 clicks, {it_proto} protocol (Fig. 6)",
             fig_iterative(df, out, protocol=it_proto),
             "no run has a saved mask for every click (run with masks kept)")
-    with_cands = [m for m in methods if is_sam_family(m) and "candidates_file" in df
+    with_cands = [m for m in methods if is_sam_family(m, manifest_methods)
+                  and "candidates_file" in df
                   and (df.loc[df["method"] == m, "candidates_file"].astype(str) != "").any()]
     if not with_cands:
         left_out.append(("Fig. 7 (ambiguity)", "no saved candidates (prompt modes or COSMOS "
@@ -306,8 +307,8 @@ def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
     for name, table in an.items():
         if len(table):
             table.to_csv(out / f"{name}.csv", index=False)
-    made, left_out = (_figures(df, out, an.get("difficulty")) if figures and len(df)
-                      else ([], []))
+    made, left_out = (_figures(df, out, an.get("difficulty"), manifest.get("methods"))
+                      if figures and len(df) else ([], []))
 
     skipped = pd.read_csv(out / "skipped.csv") if (out / "skipped.csv").is_file() else None
     parts: list[str] = []

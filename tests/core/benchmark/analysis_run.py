@@ -128,4 +128,11 @@ def build_run(out: Path) -> Path:
                              "f1": (2 * matched / (n_pred + 1)) if hung else np.nan,
                              "seconds": 2.0 * g / 16})
     pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+    # how a run describes its methods: the SAM-family adapter and a classical method
+    manifest = {"status": "complete", "options": {"data": str(US), "clicks": 4},
+                "methods": {"sam_like": {"class": "app.core.methods.sam_family.SamFamilyMethod",
+                                         "model": "sam_like"},
+                            "region_growing": {"class": "app.core.methods.classical."
+                                               "RegionGrowing"}}}
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return out
