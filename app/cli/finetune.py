@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
         "model": str(out), "name": name, "base": args.base, "stopped": result.stopped,
         "steps": result.manifest["training"]["steps_taken"],
         "seconds": result.manifest["training"]["seconds"],
-        "val_click_iou_before": before.get("mode1_best_score"),
-        "val_click_iou_after": after.get("mode1_best_score"),
+        "val_click_iou_before": before.get("mode1_first"),
+        "val_click_iou_after": after.get("mode1_first"),
         "val_box_iou_before": before.get("mode3_first"),
         "val_box_iou_after": after.get("mode3_first"),
+        "box_decoder": result.manifest.get("box_decoder"),
     }))
     return 0

@@ -3,8 +3,9 @@
 Choose a dataset folder (``images/`` + ``masks/`` pairs, an MSD ``dataset.json`` folder, or a
 folder of those), a base model and a budget in minutes; the dock trains in a background thread
 (:func:`app.core.finetune.finetune`), shows the loss and the validation IoU as they come,
-then the before/after comparison on the validation split (benchmark prompts: one
-farthest-from-boundary click, a tight box), and saves the result as a model folder that the
+then the before/after comparison on the validation split, scored by the benchmark runner's
+own code (:mod:`app.core.benchmark.evaluate`: one farthest-from-boundary click and a tight
+box, first candidate), with the evidence-based box routing, and saves the result as a model folder that the
 Segment dock, ``samscope segment --model`` and the benchmark load like any other.
 """
 
@@ -300,7 +301,9 @@ class AdaptDock(QWidget):
         tr = result.manifest["training"]
         self.status_label.setText(
             f"Done: {tr['steps_taken']} steps in {tr['seconds'] / 60:.1f} min "
-            f"(stopped: {result.stopped}; best step {tr['best_step']}). Save it to use it.")
+            f"(stopped: {result.stopped}; best step {tr['best_step']}). "
+            + (f"{routing}. " if (routing := result.manifest.get("validation", {}).get(
+                "box_routing", {}).get("reason")) else "") + "Save it to use it.")
         self.save_button.setEnabled(True)
 
     def _fill_comparison(self, validation: dict) -> None:
@@ -310,8 +313,8 @@ class AdaptDock(QWidget):
             b, a = before.get(task, {}), after[task]
             r = self.compare_table.rowCount()
             self.compare_table.insertRow(r)
-            vals = (task, str(int(a.get("n", 0))), _fmt(b.get("mode1_best_score")),
-                    _fmt(a.get("mode1_best_score")), _fmt(b.get("mode3_first")),
+            vals = (task, str(int(a.get("n", 0))), _fmt(b.get("mode1_first")),
+                    _fmt(a.get("mode1_first")), _fmt(b.get("mode3_first")),
                     _fmt(a.get("mode3_first")))
             for c, v in enumerate(vals):
                 self.compare_table.setItem(r, c, QTableWidgetItem(v))
