@@ -192,3 +192,106 @@ def test_derived_generators_are_independent_of_order():
     b = derive_rng(5, "ds", "case1", "paper").integers(0, 1_000_000, 3)
     c = derive_rng(6, "ds", "case1", "paper").integers(0, 1_000_000, 3)
     assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
+
+
+# --- COSMOS strategies -----------------------------------------------------------------------
+def _ring_shape():
+    """A thick C: non-convex, its moments centroid lies in the hole (outside the object)."""
+    import cv2
+
+    m = np.zeros((120, 120), np.uint8)
+    cv2.circle(m, (60, 60), 45, 1, -1)
+    cv2.circle(m, (60, 60), 25, 0, -1)
+    m[50:70, 90:] = 0  # the gap of the C
+    return m.astype(bool)
+
+
+@pytest.fixture(scope="module")
+def head_mask(shared_data):
+    from PIL import Image
+
+    path = shared_data / "png_pairs" / "fetal_head_us" / "masks" / "006_HC.png"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return np.asarray(Image.open(path)) > 127
+
+
+def test_cosmos_names_parse_and_bad_ones_are_refused():
+    from app.core.prompts import parse_cosmos
+
+    assert parse_cosmos("paper") is None
+    s = parse_cosmos("cosmos-5pos5neg")
+    assert (s.n_pos, s.n_neg, s.box) == (5, 5, False)
+    assert parse_cosmos("cosmos-box-centroid").box and parse_cosmos("cosmos-box").n_pos == 0
+    for bad in ("cosmos-0pos", "cosmos-21pos", "cosmos-3pos0neg", "cosmos-middle"):
+        with pytest.raises(ValueError, match="cosmos"):
+            parse_cosmos(bad)
+
+
+def test_cosmos_centroid_is_the_moments_centroid_even_outside_the_object(head_mask):
+    import cv2
+
+    from app.core.prompts import cosmos_prompts
+
+    for mask, inside in ((_ring_shape(), False), (head_mask, True)):
+        mom = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+        cx, cy = mom["m10"] / mom["m00"], mom["m01"] / mom["m00"]
+        mp = cosmos_prompts(mask, "cosmos-centroid", _rng())
+        assert mp.points == [[round(cx), round(cy), 1]] and mp.boxes == []
+        assert bool(mask[round(cy), round(cx)]) is inside
+        assert len(mp.prompts) == 1 and not mp.prompts[0].has_box
+
+
+def test_cosmos_positive_and_negative_points_against_the_ground_truth(head_mask):
+    import cv2
+
+    from app.core.prompts import centroid_xy, cosmos_prompts, outer_ring
+
+    ring = outer_ring(head_mask)
+    for seed in range(5):
+        mp = cosmos_prompts(head_mask, "cosmos-5pos5neg", _rng(seed))
+        pos = [p for p in mp.points if p[2] == 1]
+        neg = [p for p in mp.points if p[2] == 0]
+        assert len(pos) == 5 and len(neg) == 5
+        cx, cy = centroid_xy(head_mask)
+        assert pos[0][:2] == [round(cx), round(cy)]
+        assert all(head_mask[y, x] for x, y, _ in pos[1:])
+        assert not any(head_mask[y, x] for x, y, _ in neg)
+        assert all(ring[y, x] for x, y, _ in neg)  # from a ring around the object, not far
+        p = mp.prompts[0]
+        assert p.point_labels.tolist() == [1] * 5 + [0] * 5
+    # the ring is near: every negative within its width of the object
+    dist = cv2.distanceTransform((~head_mask).astype(np.uint8), cv2.DIST_L2, 5)
+    width = max(3, round(0.1 * 2 * np.sqrt(head_mask.sum() / np.pi)))
+    assert dist[ring].max() <= width
+
+
+def test_cosmos_boxes_are_tight(head_mask):
+    from app.core.prompts import cosmos_prompts
+
+    box = tight_box(head_mask)
+    assert cosmos_prompts(head_mask, "cosmos-box", _rng()).boxes == [box]
+    mp = cosmos_prompts(head_mask, "cosmos-box-centroid", _rng())
+    assert mp.boxes == [box] and len(mp.points) == 1 and mp.prompts[0].has_box
+
+
+def test_cosmos_jitter_is_bounded_and_reproducible(head_mask):
+    from app.core.prompts import cosmos_prompts
+
+    x0, y0, x1, y1 = tight_box(head_mask)
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    exact = cosmos_prompts(head_mask, "cosmos-box-centroid", _rng())
+    (ex, ey, _), eb = exact.points[0], exact.boxes[0]
+    moved = set()
+    for seed in range(40):
+        mp = cosmos_prompts(head_mask, "cosmos-box-centroid", derive_rng(seed, "j"), jitter=0.1)
+        (x, y, lab), b = mp.points[0], mp.boxes[0]
+        assert lab == 1
+        assert abs(x - ex) <= 0.1 * w + 0.5 and abs(y - ey) <= 0.1 * h + 0.5
+        for k, size in zip(range(4), (w, h, w, h)):
+            assert abs(b[k] - eb[k]) <= 0.1 * size + 0.5
+        moved.add((x, y, *b))
+        again = cosmos_prompts(head_mask, "cosmos-box-centroid", derive_rng(seed, "j"),
+                               jitter=0.1)
+        assert again.points == mp.points and again.boxes == mp.boxes
+    assert len(moved) == 40  # every draw moved it somewhere else

@@ -115,8 +115,8 @@ def contrast(image_unit: np.ndarray, mask: np.ndarray, ring: np.ndarray | None =
     pooled = math.sqrt((a.var(ddof=1) * (a.size - 1) if a.size > 1 else 0.0)
                        + (b.var(ddof=1) * (b.size - 1) if b.size > 1 else 0.0)) / math.sqrt(
         max(dof, 1))
-    if pooled == 0:
-        return 0.0 if diff == 0 else math.inf
+    if pooled <= 1e-9:  # both regions constant (up to rounding)
+        return 0.0 if diff <= 1e-9 else math.inf
     return diff / pooled
 
 
