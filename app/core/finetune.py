@@ -1,20 +1,28 @@
 """Adapt a SAM-family model to labelled data: train its prompt encoder and mask decoder.
 
-The image encoder stays frozen, so every training image is embedded **once** (through the
-engine's cache) and each training step only runs the small prompt encoder + mask decoder
-(LiteMedSAM: 4 M parameters, ~0.2 s per prompt forward + backward on one CPU core).
+The image encoder stays frozen, so every training image (and each augmented copy) is embedded
+**once** (through the engine's cache, optionally an on-disk embedding store so recipe variants
+skip the encoder) and each training step only runs the small prompt encoder + mask decoder
+(LiteMedSAM: 4 M parameters, ~0.3-0.6 s per prompt forward + backward on one busy CPU core).
 
 Prompts are drawn with the benchmark's own simulator (:mod:`app.core.prompts`): points at the
-farthest-from-boundary pixel and at random inside the object, negative clicks near it,
-tight and jittered boxes, and correction clicks (the RITM protocol's next click) with the
-previous low-resolution logits fed back. Prompt coordinates go through the model's own
-:class:`~app.core.models._preprocess.Preprocessing`, exactly as at inference.
+farthest-from-boundary pixel and at random inside the object, negative clicks near it, tight
+and jittered boxes, and **click sequences** of the benchmark's two iterative protocols (the
+paper's farthest-error click with every click re-sent, and the standard protocol's click with
+the previous low-res logits fed back, as the GUI's refine does), simulated on the model's own
+answers. Objects are drawn by size (small ones oversampled), training images are augmented
+(flips, intensity, crops that the model rescales). Prompt coordinates go through the model's
+own :class:`~app.core.models._preprocess.Preprocessing`, exactly as at inference.
 
 Loss, as SAM was trained: a single click is ambiguous, so its binary cross-entropy + Dice is
-taken on the **best** of the three multimask outputs; any other prompt (a box, several clicks,
-a click with a previous mask) is unambiguous and every output is trained on it, so the single
-output, the first candidate and the best-scored candidate all answer it. The IoU head learns the
-true IoU of each trained output (mean squared error).
+taken on the **best** of the three multimask outputs; any other prompt is unambiguous and every
+output is trained on it. The IoU head learns the true IoU of each trained output (MSE). The
+last click of a sequence also pays a hinge when it is worse than the previous click's answer
+(so each click is trained to help), and box prompts are distilled toward the base decoder's
+own box answer (so boxes keep what the base model does well).
+
+Validation, the before/after table and the box routing use the benchmark runner's own code
+(:mod:`app.core.benchmark.evaluate`), so they are numbers ``samscope benchmark`` reproduces.
 
 >>> result = finetune(samples, base="litemedsam", config=FinetuneConfig(minutes=5))  # doctest: +SKIP
 >>> save_finetuned(result.model, "my_model", result.manifest)                        # doctest: +SKIP
@@ -48,6 +56,8 @@ __all__ = [
     "split_by_case",
     "sample_prompt",
     "evaluate_modes",
+    "benchmark_rows",
+    "augment_sample",
     "finetune",
     "POINT_CAPABILITIES",
     "choose_box_decoder",

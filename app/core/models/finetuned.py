@@ -67,10 +67,12 @@ class FinetunedModel:
 
     Clicks (with or without a box or a previous mask) always go to the fine-tuned prompt
     encoder + mask decoder. **Box-only** prompts go to the base model's own decoder when
-    ``box_decoder == "base"``: :func:`app.core.finetune.finetune` chooses that when fine-tuning
-    made boxes worse on the validation split, so boxes keep exactly the base model's quality
-    while clicks gain. Both decoders read the same embedding (the image encoder is shared and
-    was frozen during training).
+    ``box_decoder == "base"``: :func:`app.core.finetune.finetune` chooses that by evidence
+    (:func:`app.core.finetune.choose_box_decoder`: the fine-tuned decoder is kept for boxes when
+    it is better on the mean over validation tasks and no task is significantly worse under a
+    paired case bootstrap), so boxes never lose to the base model on the evidence while clicks
+    gain. Both decoders read the same embedding (the image encoder is shared and was frozen
+    during training).
 
     Parameters
     ----------
