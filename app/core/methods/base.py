@@ -1,4 +1,4 @@
-"""The interface every interactive segmentation method implements, and the method registry.
+"""The interface every interactive segmentation method implements.
 
 A method takes the same prompts as a SAM-family model (:class:`app.core.models.base.Prompt`:
 points ``(x, y)`` with labels, one inclusive box, optional previous low-res logits) and returns
@@ -6,9 +6,13 @@ points ``(x, y)`` with labels, one inclusive box, optional previous low-res logi
 
 .. code-block:: python
 
-    method = create_method("random_walker")
+    method = create_method("random_walker")  # app.core.methods.registry
     state = method.prepare(image)            # once per image (SAM: the embedding, cached)
     cands = method.predict(state, prompt)    # any number of times per image
+
+The registry of methods (classical ones, registry models, plug-ins) is
+:mod:`app.core.methods.registry`: it imports the implementations, which import this module,
+never the other way round.
 
 Plug-ins
 --------
@@ -26,24 +30,13 @@ prompts given to a method whose ``capabilities.points`` is False, instead of hid
 
 from __future__ import annotations
 
-import importlib.metadata
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any
 
 from app.core.image import Image2D
 from app.core.models.base import Candidates, Capabilities, Prompt
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "InteractiveMethod",
-    "CLASSICAL_METHODS",
-    "available_methods",
-    "create_method",
-]
-
-#: entry-point group for method plug-ins
-ENTRY_POINT_GROUP = "samscope.methods"
+__all__ = ["InteractiveMethod"]
 
 
 class InteractiveMethod(ABC):
@@ -100,76 +93,3 @@ class InteractiveMethod(ABC):
     def describe(self) -> dict[str, Any]:
         """What the run manifest records about this method (versions, checkpoint hashes, options)."""
         return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}"}
-
-
-def _classical() -> dict[str, Callable[..., InteractiveMethod]]:
-    from app.core.methods import classical
-
-    return {
-        "random_walker": classical.RandomWalkerMethod,
-        "grabcut": classical.GrabCutMethod,
-        "region_growing": classical.RegionGrowingMethod,
-        "geodesic_active_contour": classical.GeodesicActiveContourMethod,
-    }
-
-
-#: names of the built-in classical methods (no weights needed)
-CLASSICAL_METHODS = ("random_walker", "grabcut", "region_growing", "geodesic_active_contour")
-
-
-def _model_names() -> list[str]:
-    try:
-        from app.core.models.registry import list_models
-    except ImportError:  # the engine is not installed in this tree yet
-        return []
-    return [spec.name for spec in list_models()]
-
-
-def _plugins() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def available_methods() -> list[str]:
-    """Every method name: registry models, classical methods, then plug-ins."""
-    names = [*_model_names(), *CLASSICAL_METHODS]
-    names += [n for n in _plugins() if n not in names]
-    return names
-
-
-def create_method(name: str, **options: Any) -> InteractiveMethod:
-    """Build the method called ``name``.
-
-    Parameters
-    ----------
-    name : str
-        A registry model (``litemedsam``, ``sam_vit_b``, ...), a classical method
-        (``random_walker``, ``grabcut``, ``region_growing``, ``geodesic_active_contour``; alias
-        ``gac``), or a ``samscope.methods`` plug-in.
-    **options
-        ``device``, ``checkpoint`` for models; method-specific settings for the others.
-
-    Raises
-    ------
-    ValueError
-        Unknown name (the message lists the known ones).
-    """
-    key = {"gac": "geodesic_active_contour", "rw": "random_walker"}.get(name, name)
-    classical = _classical()
-    if key in classical:
-        opts = {k: v for k, v in options.items() if k not in ("device", "checkpoint")}
-        return classical[key](**opts)
-    if key in _model_names():
-        from app.core.methods.sam_family import SamFamilyMethod
-
-        return SamFamilyMethod(key, **options)
-    plugins = _plugins()
-    if key in plugins:
-        factory = plugins[key].load()
-        method = factory(**options)
-        if not isinstance(method, InteractiveMethod):
-            raise ValueError(
-                f"plug-in {key!r} ({plugins[key].value}) returned {type(method).__name__}, "
-                "not an InteractiveMethod"
-            )
-        return method
-    raise ValueError(f"unknown method {name!r}; known: {', '.join(available_methods())}")
