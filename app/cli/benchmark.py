@@ -1,4 +1,5 @@
-"""``samscope benchmark``: the paper's prompt modes and click protocols on a dataset folder."""
+"""``samscope benchmark``: the paper's prompt modes, everything mode, COSMOS's prompt
+strategies and click protocols on a dataset folder."""
 
 from __future__ import annotations
 
@@ -16,13 +17,22 @@ examples:
       --modes 1,2,3,4,5 --out runs/pairs
   samscope benchmark ../shared/data/msd_like --modes 3,5 --protocol paper --clicks 5 \\
       --max-slices 4 --out runs/msd
+  samscope benchmark ../shared/data --methods litemedsam_points --modes everything,1,3 \
+      --grid 16,32 --protocols cosmos-centroid,cosmos-5pos5neg --jitter 0.1 --repeats 5 \
+      --max-cases 2 --out runs/cosmos
   samscope benchmark DATA --out runs/pairs --resume        # continue an interrupted run
   samscope benchmark DATA --list                           # show detected datasets and tasks
 
 Modes (Mazurowski et al. 2023): 1 point on the largest component; 2 a point on each of up to
 3 components, one call; 3 box of the largest component; 4 a box per component (up to 3),
-masks united; 5 box of the whole mask. Protocols: paper (Algorithm 1) or standard (RITM:
-FN/FP separately, previous mask fed back, stop at --target-iou, up to 20 clicks, NoC).
+masks united; 5 box of the whole mask; everything: SAM's automatic mask generator on a
+--grid of points per side, its masks matched to the ground truth (selections match_dice =
+COSMOS's best Dice per object, match_iou, hungarian = one-to-one at IoU >= 0.5 with
+precision/recall/F1). Protocols: paper (Algorithm 1) or standard (RITM: FN/FP separately,
+previous mask fed back, stop at --target-iou, up to 20 clicks, NoC), and COSMOS's strategies
+cosmos-centroid, cosmos-box, cosmos-box-centroid, cosmos-{N}pos, cosmos-{N}pos{M}neg (N, M
+1..20; negatives from a ring around the object); with --jitter and --repeats they are the
+randomness test (each point and box edge moved uniformly within +-jitter x object size).
 Ctrl-C stops after the prompt group in progress and leaves a resumable folder.
 """
 
@@ -68,6 +78,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _mode_list(text: str) -> list[int | str]:
+    """``1,3,everything`` -> [1, 3, "everything"]; 'none' -> []."""
+    if text.strip().lower() in ("", "none", "0"):
+        return []
+    out: list[int | str] = []
+    for t in (t.strip().lower() for t in text.split(",") if t.strip()):
+        if t == "everything":
+            out.append(t)
+            continue
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected modes 1-5 and/or 'everything', comma-separated, got {text!r}"
+            ) from None
+    return out
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _str_list(text: str) -> list[str]:
     if text.strip().lower() in ("", "none"):
         return []
@@ -92,11 +127,21 @@ def register(subparsers) -> None:
                    help="comma-separated: registry models (litemedsam, sam_vit_b, ...), "
                    "random_walker, grabcut, region_growing, geodesic_active_contour, plug-ins "
                    "(default: litemedsam)")
-    p.add_argument("--modes", type=_int_list, default=[1, 2, 3, 4, 5],
-                   help="prompt modes 1-5, comma-separated, or 'none' (default: 1,2,3,4,5)")
-    p.add_argument("--protocol", type=_str_list, default=[],
-                   help="iterative clicking: paper, standard, or both comma-separated "
-                   "(default: none)")
+    p.add_argument("--modes", type=_mode_list, default=[1, 2, 3, 4, 5],
+                   help="prompt modes 1-5 and/or 'everything', comma-separated, or 'none' "
+                   "(default: 1,2,3,4,5)")
+    p.add_argument("--grid", type=_int_list, default=None,
+                   help="everything mode: points per side, 16, 32, 64 or 128, comma-separated "
+                   "for several (default 32)")
+    p.add_argument("--everything-option", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="everything-mode filter, repeatable: pred_iou_thresh (0.88), "
+                   "stability_score_thresh (0.95), stability_score_offset (1.0), "
+                   "box_nms_thresh (0.7), min_mask_region_area (0), points_per_batch (64)")
+    p.add_argument("--protocol", "--protocols", dest="protocol", type=_str_list, default=[],
+                   help="comma-separated: iterative clicking paper, standard; COSMOS "
+                   "strategies cosmos-centroid, cosmos-box, cosmos-box-centroid, "
+                   "cosmos-5pos, cosmos-5pos5neg, ... (default: none)")
     p.add_argument("--clicks", type=_positive_int, default=None,
                    help="clicks per iterative run (default: 5 paper, 20 standard)")
     p.add_argument("--target-iou", type=_finite(0.0, 1.0), default=0.9,
@@ -112,7 +157,8 @@ def register(subparsers) -> None:
                    help="with --resume: rebuild a missing or damaged manifest.json from the "
                    "rows, allowed only when they carry these options' digest")
     p.add_argument("--jitter", type=_finite(0.0, low_open=False), default=0.0,
-                   help="prompt noise, sd as a fraction of object size (default 0)")
+                   help="prompt noise as a fraction of object size: Gaussian sd for modes 1-5, "
+                   "uniform bound for the COSMOS strategies (default 0)")
     p.add_argument("--repeats", type=_positive_int, default=1,
                    help="jitter repetitions (default 1)")
     p.add_argument("--max-cases", type=_positive_int, default=None,
@@ -219,8 +265,16 @@ def run(args: argparse.Namespace) -> int:
     from app.core.benchmark.report import write_report
     from app.core.benchmark.runner import BenchmarkPlan, iter_benchmark
 
+    modes = [m for m in args.modes if m != "everything"]
+    if "everything" in args.modes:
+        grids = args.grid or [32]
+    elif args.grid or args.everything_option:
+        raise ValueError("--grid and --everything-option apply with --modes everything")
+    else:
+        grids = []
     plan = BenchmarkPlan(
-        data=args.path, out_dir=args.out, methods=args.methods, modes=args.modes,
+        data=args.path, out_dir=args.out, methods=args.methods, modes=modes, grids=grids,
+        everything_options=dict(args.everything_option),
         protocols=args.protocol, clicks=args.clicks, target_iou=args.target_iou,
         selections=args.selection, seed=args.seed, resume=args.resume, jitter=args.jitter,
         repeats=args.repeats, max_cases=args.max_cases, max_slices=args.max_slices,

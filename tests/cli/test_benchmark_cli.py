@@ -103,3 +103,78 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     df = pd.read_csv(results)
     assert len(df) == 16 * 9  # 5 modes + 4 clicks per case, nothing lost or doubled
     assert not df.duplicated(["case", "protocol", "click", "selection"]).any()
+
+
+def test_everything_mode_and_cosmos_strategies_end_to_end(shared_data, tmp_path, capsys):
+    """The issue's command on one real ultrasound with the click model: everything mode at a
+    16 x 16 grid (filters at 0.8 / 0.8: with SAM's 0.88 / 0.95 this model keeps no mask),
+    modes 1 and 3, two COSMOS strategies jittered 5 times."""
+    import json
+
+    from PIL import Image as PILImage
+
+    if not (shared_data / "png_pairs" / "fetal_head_us").is_dir():
+        pytest.skip("fetal_head_us missing")
+    out = tmp_path / "run"
+    args = ["benchmark", str(shared_data), "--datasets", "fetal_head_us", "--max-cases", "1",
+            "--methods", "litemedsam_points", "--modes", "everything,1,3", "--grid", "16",
+            "--everything-option", "pred_iou_thresh=0.8",
+            "--everything-option", "stability_score_thresh=0.8",
+            "--protocols", "cosmos-centroid,cosmos-5pos5neg", "--jitter", "0.1",
+            "--repeats", "5", "--no-report", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    df = pd.read_csv(out / "results.csv", keep_default_na=False, na_values=["", "nan"])
+    assert len(df) == 3 + 2 * 5 * 2 + 2 * 5 * 2
+    ev = df[df["protocol"] == "everything16"].set_index("selection")
+    assert sorted(ev.index) == ["hungarian", "match_dice", "match_iou"]
+    assert (ev["click"] == 0).all() and (ev["n_pred"] >= 1).all()
+    assert ev.loc["match_dice", "dice"] > 0.85  # measured 0.896 on 006_HC
+    h = ev.loc["hungarian"]
+    assert h["matched"] == 1 and h["recall"] == 1.0
+    assert h["precision"] == pytest.approx(1 / h["n_pred"])
+    assert np.isnan(ev.loc["match_dice", "precision"])
+    labels = np.asarray(PILImage.open(out / ev.loc["hungarian", "mask_file"]))
+    assert labels.dtype == np.uint16 and labels.max() == h["n_pred"]
+    cos = df[df["protocol"].str.startswith("cosmos-")]
+    assert (cos["click"] == 0).all() and set(cos["repeat"]) == set(range(5))
+    neg = cos[cos["protocol"] == "cosmos-5pos5neg"]
+    pts = [json.loads(p) for p in neg["points"]]
+    assert all([q[2] for q in p] == [1] * 5 + [0] * 5 for p in pts)
+    centroids = {tuple(json.loads(p)[0][:2]) for p in
+                 cos[(cos["protocol"] == "cosmos-centroid") & (cos["selection"] == "first")][
+                     "points"]}
+    assert len(centroids) == 5  # the randomness test moved the centroid each repeat
+    for _, row in cos.iterrows():
+        assert len(json.loads(row["candidate_scores"])) == 3
+        files = json.loads(row["candidates_file"])
+        assert len(files) == 3 and all((out / f).is_file() for f in files)
+    for col in ("size_fraction", "boundary_complexity", "curvature", "contrast",
+                "n_components"):
+        assert df[col].notna().all(), col
+    assert df["n_components"].eq(1).all() and df["boundary_complexity"].between(1, 1.3).all()
+    # the same command again resumes to the same table
+    before = (out / "results.csv").read_bytes()
+    assert main([*args, "--resume"]) == 0
+    assert (out / "results.csv").read_bytes() == before
+
+
+def test_everything_options_are_checked(pairs, tmp_path, capsys):
+    base = ["benchmark", str(pairs), "--methods", "region_growing", "--out", str(tmp_path / "x")]
+    assert main([*base, "--modes", "everything", "--grid", "20"]) == 2
+    assert "16, 32, 64, 128" in capsys.readouterr().err
+    assert main([*base, "--modes", "everything", "--everything-option", "nms=1"]) == 2
+    assert "unknown everything-mode option" in capsys.readouterr().err
+    assert main([*base, "--modes", "1", "--grid", "16"]) == 2
+    assert "--modes everything" in capsys.readouterr().err
+    assert main([*base, "--protocols", "cosmos-30pos"]) == 2
+    assert "1..20" in capsys.readouterr().err
+
+
+def test_everything_mode_skips_a_method_without_an_embedding(pairs, tmp_path):
+    out = tmp_path / "run"
+    assert main(["benchmark", str(pairs), "--methods", "region_growing", "--modes",
+                 "everything", "--grid", "16", "--no-report", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "results.csv", keep_default_na=False, na_values=["", "nan"])
+    assert len(df) == 3 * 3 and df["iou"].isna().all()
+    assert df["note"].str.contains("not a SAM-family model").all()
+    assert (df["prompt_supported"].astype(str).str.lower() == "false").all()
