@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -149,61 +150,70 @@ class BenchmarkDock(QWidget):
         lay.addWidget(box)
 
         box = QGroupBox("Plan")
+        # label | one layout per row: rows do not share columns, so the form is as narrow as
+        # its widest row (a shared 4-column grid summed every row's widest cells and the dock
+        # scrolled sideways)
         g = QGridLayout(box)
-        g.addWidget(QLabel("Methods:"), 0, 0, Qt.AlignmentFlag.AlignTop)
+        g.setColumnStretch(1, 1)
+
+        def add_row(r: int, label: str, *items, top: bool = False, stretch: bool = True):
+            g.addWidget(QLabel(label), r, 0, Qt.AlignmentFlag.AlignTop if top
+                        else Qt.AlignmentFlag.AlignVCenter)
+            if len(items) == 1 and not isinstance(items[0], QWidget):
+                g.addLayout(items[0], r, 1)
+                return
+            h = QHBoxLayout()
+            for w in items:
+                h.addWidget(w)
+            if stretch:
+                h.addStretch(1)
+            g.addLayout(h, r, 1)
+
         self.methods_list = QListWidget()
         self.methods_list.setMaximumHeight(110)
-        g.addWidget(self.methods_list, 0, 1, 1, 3)
         self._fill_methods()
-        g.addWidget(QLabel("Modes:"), 1, 0)
-        row = QGridLayout()
+        add_row(0, "Methods:", self.methods_list, top=True, stretch=False)
+        col = QGridLayout()
         self.mode_checks = []
         for m in range(1, 6):
             c = QCheckBox(f"{m}: {MODE_TITLES[m]}")
             c.setChecked(True)
             c.setToolTip(f"Prompt mode {m} of Mazurowski et al. 2023: {MODE_TITLES[m]}")
             self.mode_checks.append(c)
-            row.addWidget(c, (m - 1) // 2, (m - 1) % 2)
-        g.addLayout(row, 1, 1, 1, 3)
-        g.addWidget(QLabel("Clicks:"), 2, 0)
+            col.addWidget(c, m - 1, 0)
+        add_row(1, "Modes:", col, top=True)
         self.protocol_combo = QComboBox()
         for label, value in (("none", ()), ("paper", ("paper",)), ("standard", ("standard",)),
                              ("paper + standard", ("paper", "standard"))):
             self.protocol_combo.addItem(label, value)
-        g.addWidget(self.protocol_combo, 2, 1)
         self.clicks_spin = QSpinBox()
         self.clicks_spin.setRange(1, 20)
         self.clicks_spin.setValue(5)
         self.clicks_spin.setPrefix("clicks ")
-        g.addWidget(self.clicks_spin, 2, 2)
-        g.addWidget(QLabel("Everything:"), 3, 0)
-        row = QHBoxLayout()
+        add_row(2, "Clicks:", self.protocol_combo, self.clicks_spin)
         self.grid_checks = {}
         for n in GRID_CHOICES:
             c = QCheckBox(f"{n}²")
             c.setToolTip(f"everything mode with a grid of {n}×{n} point prompts (SAM's "
                          "automatic mask generator; masks matched to the ground truth)")
             self.grid_checks[n] = c
-            row.addWidget(c)
-        row.addStretch(1)
-        g.addLayout(row, 3, 1, 1, 3)
-        g.addWidget(QLabel("COSMOS:"), 4, 0, Qt.AlignmentFlag.AlignTop)
-        row = QGridLayout()
+        add_row(3, "Everything:", *self.grid_checks.values())
+        cosmos = QGridLayout()
         self.cosmos_checks = {}
         for i, (key, label, name) in enumerate(COSMOS_CHOICES):
             c = QCheckBox(label)
             c.setToolTip("COSMOS 1050K prompt strategy (Huang et al. 2023): "
                          + name.replace("{n}", "N"))
             self.cosmos_checks[key] = c
-            row.addWidget(c, i // 2, i % 2)
+            cosmos.addWidget(c, i // 2, i % 2)
         self.cosmos_n_spin = QSpinBox()
         self.cosmos_n_spin.setRange(1, 20)
         self.cosmos_n_spin.setValue(5)
         self.cosmos_n_spin.setPrefix("N = ")
         self.cosmos_n_spin.setToolTip("points per sign for the N-point strategies")
-        row.addWidget(self.cosmos_n_spin, 2, 1)
-        g.addLayout(row, 4, 1, 1, 3)
-        g.addWidget(QLabel("Jitter:"), 5, 0)
+        cosmos.addWidget(self.cosmos_n_spin, 2, 1)
+        cosmos.setColumnStretch(2, 1)
+        add_row(4, "COSMOS:", cosmos, top=True)
         self.jitter_spin = QDoubleSpinBox()
         self.jitter_spin.setRange(0.0, 0.5)
         self.jitter_spin.setSingleStep(0.05)
@@ -211,67 +221,57 @@ class BenchmarkDock(QWidget):
         self.jitter_spin.setSuffix(" × size")
         self.jitter_spin.setToolTip("randomness test: prompt noise as a fraction of the "
                                     "object's size (modes and COSMOS strategies); 0 = exact")
-        g.addWidget(self.jitter_spin, 5, 1)
         self.repeats_spin = QSpinBox()
         self.repeats_spin.setRange(1, 100)
         self.repeats_spin.setPrefix("repeats ")
         self.repeats_spin.setToolTip("jittered repetitions of every prompt (mean and spread "
                                      "per case in the report)")
-        g.addWidget(self.repeats_spin, 5, 2)
-        g.addWidget(QLabel("Selection:"), 6, 0)
-        row = QHBoxLayout()
+        add_row(5, "Jitter:", self.jitter_spin, self.repeats_spin)
         self.selection_checks = {}
         for name in ("first", "best_score", "oracle"):
             c = QCheckBox(name)
             c.setChecked(name != "best_score")
             self.selection_checks[name] = c
-            row.addWidget(c)
         self.selection_auto = QCheckBox("auto")
         self.selection_auto.setToolTip("first + oracle where the model's outputs can be "
                                        "ranked, first only otherwise")
         self.selection_auto.setChecked(True)
-        row.addWidget(self.selection_auto)
-        g.addLayout(row, 6, 1, 1, 3)
-        g.addWidget(QLabel("Seed:"), 7, 0)
+        add_row(6, "Selection:", *self.selection_checks.values(), self.selection_auto)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
-        g.addWidget(self.seed_spin, 7, 1)
+        self.seed_spin.setMinimumWidth(90)  # its hint is sized for ten digits
+        add_row(7, "Seed:", self.seed_spin)
         self.max_cases_spin = QSpinBox()
         self.max_cases_spin.setRange(0, 100000)
         self.max_cases_spin.setSpecialValueText("all cases")
         self.max_cases_spin.setPrefix("≤ ")
         self.max_cases_spin.setSuffix(" cases")
-        g.addWidget(self.max_cases_spin, 7, 2)
         self.max_slices_spin = QSpinBox()
         self.max_slices_spin.setRange(0, 10000)
         self.max_slices_spin.setSpecialValueText("all slices")
         self.max_slices_spin.setPrefix("≤ ")
         self.max_slices_spin.setSuffix(" slices")
-        g.addWidget(self.max_slices_spin, 7, 3)
-        g.addWidget(QLabel("Output:"), 8, 0)
+        add_row(8, "Subset:", self.max_cases_spin, self.max_slices_spin)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("run folder (results.csv, report.html)")
         self.out_button = QPushButton("Choose…")
         self.out_button.clicked.connect(self._choose_out)
-        g.addWidget(self.out_edit, 8, 1, 1, 2)
-        g.addWidget(self.out_button, 8, 3)
-        g.addWidget(QLabel("Run on:"), 9, 0)
+        add_row(9, "Output:", self.out_edit, self.out_button, stretch=False)
         self.run_on_combo = QComboBox()
         self.run_on_combo.addItem("this computer", None)
         self.run_on_combo.addItem("Ray cluster at …", "ray")
         self.run_on_combo.setToolTip("a Ray cluster needs samscope[cluster] and the dataset "
                                      "at the same path on every node")
-        g.addWidget(self.run_on_combo, 9, 1)
         self.ray_address_edit = QLineEdit("auto")
         self.ray_address_edit.setToolTip("auto (RAY_ADDRESS, the cluster 'ray start' began "
                                          "here, else a local Ray) or HOST:PORT of the head")
         self.ray_address_edit.setEnabled(False)
         self.run_on_combo.currentIndexChanged.connect(
             lambda _i: self.ray_address_edit.setEnabled(self.run_on_combo.currentData() == "ray"))
-        g.addWidget(self.ray_address_edit, 9, 2, 1, 2)
+        add_row(10, "Run on:", self.run_on_combo, self.ray_address_edit, stretch=False)
         lay.addWidget(box)
 
-        row = QHBoxLayout()
+        row = QGridLayout()  # two rows of buttons: five in one did not fit the dock
         self.run_button = QPushButton("Run")
         self.run_button.setStyleSheet("font-weight: bold;")
         self.cancel_button = QPushButton("Cancel")
@@ -283,9 +283,10 @@ class BenchmarkDock(QWidget):
         self.resume_button.clicked.connect(self.resume)
         self.open_run_button.clicked.connect(self._choose_run)
         self.report_button.clicked.connect(self.open_report)
-        for w in (self.run_button, self.cancel_button, self.resume_button, self.open_run_button,
-                  self.report_button):
-            row.addWidget(w)
+        for i, w in enumerate((self.run_button, self.cancel_button, self.resume_button)):
+            row.addWidget(w, 0, i)
+        row.addWidget(self.open_run_button, 1, 0, 1, 2)
+        row.addWidget(self.report_button, 1, 2)
         lay.addLayout(row)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -682,10 +683,9 @@ class BenchmarkDock(QWidget):
                 continue
             if fig is None:
                 continue
-            canvas = FigureCanvasQTAgg(fig)
-            canvas.setMinimumHeight(260)
-            self.figure_tabs[name] = canvas
-            self.tabs.addTab(canvas, name)
+            view = _FigureView(FigureCanvasQTAgg(fig))
+            self.figure_tabs[name] = view
+            self.tabs.addTab(view, name)
 
     def open_report(self) -> None:
         """Open report.html in the browser (written first if the run has none yet)."""
@@ -765,6 +765,23 @@ class BenchmarkDock(QWidget):
                                                  metadata=meta))
         self._on_log(f"Opened {title}: IoU {float(row['iou']):.3f}")
         return layers
+
+
+class _FigureView(QScrollArea):
+    """A figure at the size it was laid out for (readable titles and panels), scrolled inside
+    the dock instead of squeezed to its width; ``figure`` and ``canvas`` for tests."""
+
+    def __init__(self, canvas, parent=None):
+        super().__init__(parent)
+        self.canvas = canvas
+        self.figure = canvas.figure
+        w, h = (self.figure.get_size_inches() * self.figure.dpi).round().astype(int)
+        canvas.setFixedSize(int(w), int(h))
+        self.setWidget(canvas)
+        self.setWidgetResizable(False)
+        # tall enough to show the whole figure without a second vertical scroll bar (up to a
+        # screenful), the dock's own scroll area takes the rest
+        self.setMinimumHeight(min(int(h) + 24, 720))
 
 
 def _import_model_libraries() -> None:

@@ -230,7 +230,7 @@ def _analysis_html(an: dict) -> list[str]:
         t["match Dice [95 % CI]"] = _ci_text(ev, "match_dice")
         t["match IoU [95 % CI]"] = _ci_text(ev, "match_iou")
         for col in ("precision", "recall", "f1", "found", "masks_per_image",
-                    "seconds_per_image"):
+                    "seconds_per_image", "note"):
             t[col] = ev[col]
         parts.append(
             "<h2>Everything mode (everything.csv)</h2><p>Per ground-truth object the best "

@@ -293,7 +293,7 @@ def everything_table(df, *, n_boot: int = N_BOOT, seed: int = 0):
     ``match_dice_ci_low/high``, ``match_iou`` (mean best IoU per object) with its interval,
     ``precision``, ``recall``, ``f1`` (Hungarian one-to-one at IoU >= 0.5, mean over images),
     ``found`` (fraction of objects matched one-to-one), ``masks_per_image`` (mean
-    ``n_pred``), ``seconds_per_image``.
+    ``n_pred``), ``seconds_per_image``, ``note`` (e.g. why a model was skipped).
     """
     import pandas as pd
 
@@ -327,5 +327,7 @@ def everything_table(df, *, n_boot: int = N_BOOT, seed: int = 0):
         rec["masks_per_image"] = (float(pd.to_numeric(imgs["n_pred"], errors="coerce").mean())
                                   if "n_pred" in imgs else np.nan)
         rec["seconds_per_image"] = float(imgs["seconds"].mean())
+        notes = [n for n in g["note"] if isinstance(n, str) and n] if "note" in g else []
+        rec["note"] = notes[0] if notes else ""
         out.append(rec)
     return pd.DataFrame(out)
