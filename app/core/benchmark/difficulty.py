@@ -9,7 +9,9 @@ from the ground truth and from the image in the display window the model saw
 * ``boundary_complexity`` -- isoperimetric ratio P^2 / (4 pi A) over all components (Crofton
   perimeter, :func:`skimage.measure.perimeter_crofton`, 4 directions, which measures a digital
   disc within 1-7 % of 2 pi r where the pixel-edge perimeter is 9-11 % long; area in pixels):
-  1 for a disc, larger for a more complex outline; k equal discs give k.
+  1 for a disc, larger for a more complex outline; k equal discs give k. Axis-aligned edges
+  come out short: a 50 px square measures 1.13 (ideal 4/pi = 1.27), a 5-armed star 2.6; the
+  rank correlations only use the order.
 * ``curvature`` -- mean absolute curvature (1/px) along the outer contour of the largest
   component, resampled at 1 px steps and smoothed with a Gaussian of ``sigma`` 5 px (periodic;
   less left the pixel staircase in: a disc of radius 160 measured 0.014 instead of 0.006):

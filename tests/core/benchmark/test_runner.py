@@ -242,3 +242,50 @@ def test_refused_prompts_are_recorded_not_fatal(toy_pairs, tmp_path):
     assert refused["iou"].isna().all() and (~refused["prompt_supported"]).all()
     assert refused["note"].str.contains("boxes only").all()
     assert df[df["protocol"] == "mode5"]["iou"].notna().all()
+
+
+def test_cosmos_strategies_are_one_group_per_repeat_with_candidates(toy_pairs, tmp_path):
+    """A COSMOS strategy: one call with all its points (and box), a row per selection in one
+    group, the K candidates saved once; iterative rows keep every click's mask."""
+    from app.core.benchmark.datasets import discover, iter_images
+    from app.core.benchmark.runner import _Run, _run_clicks
+
+    method = ThreeCandidates()
+    out = tmp_path / "o"
+    plan = _plan(toy_pairs, out, modes=(), protocols=("cosmos-box-centroid", "cosmos-2pos1neg",
+                                                      "paper"),
+                 clicks=2, selections=("first", "oracle"), jitter=0.05, repeats=2,
+                 prebuilt_methods={"three": method})
+    df = load_results(run_benchmark(plan))
+    cos = df[df["protocol"].str.startswith("cosmos-")]
+    assert len(cos) == 3 * 2 * 2 * 2 and (cos["click"] == 0).all()
+    assert (cos.groupby("group").size() == 2).all()  # both selections in one group
+    c0 = cos[(cos["case"] == "c0") & (cos["protocol"] == "cosmos-2pos1neg")]
+    for _, row in c0.iterrows():
+        pts = json.loads(row["points"])
+        assert [p[2] for p in pts] == [1, 1, 0] and row["n_calls"] == 1
+        assert json.loads(row["candidate_scores"]) == pytest.approx([0.1, 0.5, 0.9])
+        files = json.loads(row["candidates_file"])
+        assert len(files) == 3 and all((out / f).is_file() for f in files)
+    bc = cos[(cos["case"] == "c0") & (cos["protocol"] == "cosmos-box-centroid")]
+    assert len({r for r in bc["boxes"]}) == 2  # jittered differently per repeat
+    # mask of every click of the iterative runs
+    paper = df[df["protocol"] == "paper"]
+    assert paper["mask_file"].str.len().gt(0).all()
+    assert paper["mask_file"].map(lambda f: (out / f).is_file()).all()
+    # the difficulty factors of a square, on every row
+    sq = df[df["case"] == "c0"]
+    # a 12 px square: 1.09 by the Crofton perimeter (4/pi = 1.27 for an ideal square)
+    assert (sq["n_components"] == 1).all() and sq["boundary_complexity"].between(1.05, 1.3).all()
+    assert (sq["contrast"] > 3).all()
+    # callers looping over protocols x selections (app.core.benchmark.evaluate) get the rows
+    # of that selection, identical to the run's
+    run = _Run(_plan(toy_pairs, tmp_path / "p", modes=(), protocols=("cosmos-2pos1neg",),
+                     jitter=0.05, repeats=2, save_masks=False), None)
+    ds = discover(toy_pairs).datasets[0]
+    sample = next(iter(iter_images(next(c for c in ds.cases if c.case == "c0"), [1])))
+    rows = _run_clicks(run, ThreeCandidates(), sample.image, sample, 1, ds.tasks[0].name,
+                       "cosmos-2pos1neg", 1, "oracle", 0.0)
+    want = c0[(c0["repeat"] == 1) & (c0["selection"] == "oracle")].iloc[0]
+    assert len(rows) == 1 and rows[0]["points"] == want["points"]
+    assert rows[0]["iou"] == pytest.approx(want["iou"])
