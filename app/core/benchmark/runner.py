@@ -10,6 +10,13 @@
         ...                                  # one dict per results.csv row, as written
     write_report(plan.out_dir)               # summary.csv, figures, report.html
 
+What runs on each 2D image: the paper's five modes (``modes``), its iterative click protocols
+and COSMOS's prompt strategies (``protocols``: ``paper``, ``standard``, ``cosmos-...``; see
+:func:`app.core.prompts.cosmos_prompts`), and everything mode (``grids``:
+:func:`app.core.everything.generate_masks`, once per image and grid, its masks matched to every
+object of the image by :mod:`app.core.benchmark.matching`). Every row carries the object's
+difficulty factors (:mod:`app.core.benchmark.difficulty`).
+
 Order of work: per case, per 2D image, per method: the image is prepared (embedded) **once**
 and every task, mode, click protocol, repeat and selection on that image reuses it. Each prompt
 group draws its tie-breaks and jitter from ``derive_rng(seed, dataset, case, label, protocol,
