@@ -80,10 +80,15 @@ def final_rows(df):
     it = df[df["click"] > 0]
     if it.empty:
         return once
-    keys = ["dataset", "task", "label", "case", "slice", "method", "protocol", "repeat",
-            "selection"]
+    keys = _present(df, ["dataset", "task", "label", "case", "slice", "method", "protocol",
+                         "repeat", "selection"])
     last = it.loc[it.groupby(keys, sort=False)["click"].idxmax()]
     return pd.concat([once, last], ignore_index=True)
+
+
+def _present(df, keys) -> list[str]:
+    """The key columns the table has (hand-made tables may lack ``label`` or ``slice``)."""
+    return [k for k in keys if k in df.columns]
 
 
 def _protocol_label(protocol: str) -> str:
@@ -125,9 +130,10 @@ def paired_table(df, *, metric: str = "iou", manifest_methods: Mapping | None = 
             ma, mb = (b, a) if (fam[b] and not fam[a]) else (a, b)
             kind = ("SAM vs SAM" if fam[ma] and fam[mb] else
                     "SAM vs competitor" if fam[ma] else "competitor vs competitor")
-            left = d[d["method"] == ma][PAIR_KEY + [metric]]
-            right = d[d["method"] == mb][PAIR_KEY + [metric]]
-            both = pd.merge(left, right, on=PAIR_KEY, suffixes=("_a", "_b"))
+            key = _present(d, PAIR_KEY)
+            left = d[d["method"] == ma][key + [metric]]
+            right = d[d["method"] == mb][key + [metric]]
+            both = pd.merge(left, right, on=key, suffixes=("_a", "_b"))
             if both.empty:
                 continue
             for (ds, task, proto, sel), g in both.groupby(
@@ -159,7 +165,7 @@ def size_terciles(df):
     slice, label), so every method and protocol is cut at the same sizes.
     """
     sizes = df["size_fraction"].to_numpy(float)
-    objects = df.drop_duplicates(["dataset", "task", "case", "slice", "label"])
+    objects = df.drop_duplicates(_present(df, ["dataset", "task", "case", "slice", "label"]))
     ref = objects["size_fraction"].to_numpy(float)
     ref = ref[np.isfinite(ref)]
     out = np.full(len(df), None, dtype=object)
@@ -262,7 +268,8 @@ def randomness_table(df, *, metric: str = "iou", n_boot: int = N_BOOT, seed: int
     d = df[(df["click"] == 0) & ~df["protocol"].astype(str).str.startswith("everything")]
     if d.empty:
         return pd.DataFrame()
-    obj = ["dataset", "task", "case", "slice", "label", "method", "protocol", "selection"]
+    obj = _present(d, ["dataset", "task", "case", "slice", "label", "method", "protocol",
+                       "selection"])
     per = (d.groupby(obj, sort=True)[metric]
            .agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if v.count() > 1
                 else np.nan, lo="min", hi="max", repeats="count").reset_index())
@@ -303,7 +310,7 @@ def everything_table(df, *, n_boot: int = N_BOOT, seed: int = 0):
         return pd.DataFrame()
     d["grid"] = d["protocol"].astype(str).str.slice(len("everything")).astype(int)
     out = []
-    img_key = ["dataset", "case", "slice", "repeat"]
+    img_key = _present(d, ["dataset", "case", "slice", "repeat"])
     for (ds, task, m, grid), g in d.groupby(["dataset", "task", "method", "grid"], sort=True):
         rec: dict = dict(dataset=ds, task=task, method=m, grid=int(grid))
         rec["images"] = int(len(g.drop_duplicates(img_key)))

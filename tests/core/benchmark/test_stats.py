@@ -155,3 +155,47 @@ def test_case_ids_join_the_slices_of_a_volume():
     df = pd.DataFrame({"dataset": ["msd", "msd", "msd", "us"],
                        "case": ["p1:z3", "p1:z4", "p2:z3", "p1"]})
     assert list(case_ids(df)) == ["msd/p1", "msd/p1", "msd/p2", "us/p1"]
+
+
+def test_paired_table_holm_across_tasks_and_strata_by_hand():
+    import pandas as pd
+    from scipy.stats import wilcoxon
+
+    from app.core.benchmark.tables import paired_table, strata_table
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for task, shift in (("t1", 0.1), ("t2", 0.0)):
+        for c in range(9):
+            base = rng.uniform(0.4, 0.8)
+            for z in range(2):  # two slices per case
+                b = base + rng.normal(0, 0.02)
+                a = b + shift + rng.normal(0, 0.03)
+                for m, v in (("region_growing", b), ("litemedsam", a)):
+                    rows.append(dict(dataset="d", task=task, label=1, case=f"{task}c{c}:z{z}",
+                                     slice=z, method=m, protocol="mode3", repeat=0, click=0,
+                                     selection="first", iou=v, size_fraction=0.01 * (c + 1),
+                                     n_components=1 + (c % 4)))
+    df = pd.DataFrame(rows)
+    t = paired_table(df, n_boot=500).set_index("task")
+    assert set(t["method_a"]) == {"litemedsam"} and set(t["kind"]) == {"SAM vs competitor"}
+    ps = []
+    for task in ("t1", "t2"):
+        d = df[df["task"] == task].copy()
+        d["vol"] = d["case"].str.split(":").str[0]
+        per = d.pivot_table(index="vol", columns="method", values="iou", aggfunc="mean")
+        ps.append(wilcoxon(per["litemedsam"] - per["region_growing"]).pvalue)
+        assert t.loc[task, "n_cases"] == 9 and t.loc[task, "n_rows"] == 18
+    assert t.loc["t1", "p_wilcoxon"] == pytest.approx(ps[0])
+    lo, hi = sorted(ps)
+    # Holm over the two tasks: the smaller p doubled, the larger max(itself, that)
+    assert t.loc["t1" if ps[0] < ps[1] else "t2", "p_holm"] == pytest.approx(min(1, 2 * lo))
+    assert t.loc["t2" if ps[0] < ps[1] else "t1", "p_holm"] == pytest.approx(
+        min(1, max(hi, 2 * lo)))
+    assert t.loc["t1", "significant"] and t.loc["t1", "diff_ci_low"] > 0.05
+    s = strata_table(df, n_boot=200)
+    size = s[(s["method"] == "litemedsam") & (s["stratum"] == "size")]
+    assert sorted(size["n_cases"]) == [6, 6, 6]  # 3 sizes per tercile, in each of 2 tasks
+    comp = s[(s["method"] == "litemedsam") & (s["stratum"] == "components")]
+    # c % 4 = 0 (c = 0, 4, 8), 1 (1, 5), 2 or 3 (2, 3, 6, 7) -> 3, 2, 4 cases x 2 slices x 2 tasks
+    assert list(comp["level"]) == ["1", "2", "3+"] and list(comp["n_rows"]) == [12, 8, 16]
