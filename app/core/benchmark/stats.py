@@ -230,8 +230,12 @@ def _weighted_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray
     return r
 
 
+#: above this many (rows x resamples), :func:`spearman_ci` keeps the sample's ranks
+EXACT_SPEARMAN_WORK = 2_000_000
+
+
 def spearman_ci(x: Any, y: Any, cases: Any, *, n_boot: int = N_BOOT, level: float = LEVEL,
-                seed: int = 0) -> dict[str, float]:
+                seed: int = 0, rerank: bool | None = None) -> dict[str, float]:
     """Spearman's rank correlation of ``x`` and ``y`` with a case-bootstrap interval.
 
     Parameters
@@ -246,6 +250,14 @@ def spearman_ci(x: Any, y: Any, cases: Any, *, n_boot: int = N_BOOT, level: floa
         ``rho`` (``scipy.stats.spearmanr``), ``low``, ``high`` (percentile interval over case
         resamples; resamples where a variable is constant are left out), ``p``
         (``spearmanr``'s p-value, which treats rows as independent), ``n_rows``, ``n_cases``.
+
+    Notes
+    -----
+    ``rerank`` True ranks every resample anew (exact; O(rows x resamples)); False keeps the
+    ranks of the whole sample and takes the Pearson correlation of those ranks over each
+    resample, computed from per-case sums (O(cases x resamples): a run of 10^5 images stays
+    fast). Both use the same case draws; they agree closely once there are more than a few
+    hundred rows (tested). None: rerank while rows x ``n_boot`` <= ``EXACT_SPEARMAN_WORK``.
     """
     from scipy import stats
 
@@ -265,11 +277,29 @@ def spearman_ci(x: Any, y: Any, cases: Any, *, n_boot: int = N_BOOT, level: floa
     res["rho"], res["p"] = float(r.statistic), float(r.pvalue)
     if uniq.size < 2:
         return res
+    if rerank is None:
+        rerank = x.size * n_boot <= EXACT_SPEARMAN_WORK
     rng = np.random.default_rng(seed)
     boot = []
-    # the same case draws as bootstrap_ci; a resample is a weight per row (its case's count)
-    for idx in _draws(rng, uniq.size, n_boot, rows=x.size):
-        w = _case_counts(idx, uniq.size)[:, codes]
-        boot.append(_weighted_pearson(_weighted_ranks(x, w), _weighted_ranks(y, w), w))
+    if rerank:
+        # the same case draws as bootstrap_ci; a resample is a weight per row (its case's count)
+        for idx in _draws(rng, uniq.size, n_boot, rows=x.size):
+            w = _case_counts(idx, uniq.size)[:, codes]
+            boot.append(_weighted_pearson(_weighted_ranks(x, w), _weighted_ranks(y, w), w))
+    else:
+        from scipy.stats import rankdata
+
+        rx, ry = rankdata(x), rankdata(y)
+        rx, ry = rx - rx.mean(), ry - ry.mean()  # centred: better conditioned sums
+        sums = np.stack([np.bincount(codes, weights=v, minlength=uniq.size) for v in (
+            np.ones_like(rx), rx, ry, rx * rx, ry * ry, rx * ry)], axis=1)
+        for idx in _draws(rng, uniq.size, n_boot):
+            n, sx, sy, sxx, syy, sxy = (_case_counts(idx, uniq.size) @ sums).T
+            cov = sxy - sx * sy / n
+            vx, vy = sxx - sx * sx / n, syy - sy * sy / n
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = cov / np.sqrt(vx * vy)
+            r[(vx <= 0) | (vy <= 0)] = np.nan
+            boot.append(r)
     res["low"], res["high"] = _interval(np.concatenate(boot), level)
     return res

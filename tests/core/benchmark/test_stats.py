@@ -199,3 +199,23 @@ def test_paired_table_holm_across_tasks_and_strata_by_hand():
     comp = s[(s["method"] == "litemedsam") & (s["stratum"] == "components")]
     # c % 4 = 0 (c = 0, 4, 8), 1 (1, 5), 2 or 3 (2, 3, 6, 7) -> 3, 2, 4 cases x 2 slices x 2 tasks
     assert list(comp["level"]) == ["1", "2", "3+"] and list(comp["n_rows"]) == [12, 8, 16]
+
+
+def test_spearman_fast_path_keeps_ranks_and_agrees_with_reranking():
+    rng = np.random.default_rng(6)
+    cases = np.repeat([f"c{i:03d}" for i in range(100)], 4)
+    x = np.round(rng.uniform(0, 1, cases.size), 2)
+    y = x + rng.normal(0, 0.7, cases.size)
+    exact = spearman_ci(x, y, cases, n_boot=1000, rerank=True)
+    fast = spearman_ci(x, y, cases, n_boot=1000, rerank=False)
+    assert fast["rho"] == exact["rho"]
+    assert fast["low"] == pytest.approx(exact["low"], abs=0.01)
+    assert fast["high"] == pytest.approx(exact["high"], abs=0.01)
+    # a large table takes the fast path by itself
+    from app.core.benchmark import stats
+
+    assert cases.size * 1000 < stats.EXACT_SPEARMAN_WORK
+    big = np.repeat(np.arange(6000), 2)
+    xb = rng.uniform(0, 1, big.size)
+    r = spearman_ci(xb, xb + rng.normal(0, 1, big.size), big, n_boot=2000)
+    assert r["low"] < r["rho"] < r["high"]
