@@ -113,8 +113,8 @@ def fig_modes(df, methods: list[str] | None = None):
                 m, lo, hi = mean_ci(v["iou"], case_ids(v)) if len(v) else (np.nan,) * 3
                 means.append(m)
                 # the CI is clipped to [0, 1], where IoU lives
-                err_lo.append(0.0 if np.isnan(lo) else m - max(lo, 0.0))
-                err_hi.append(0.0 if np.isnan(hi) else min(hi, 1.0) - m)
+                err_lo.append(0.0 if np.isnan(lo) else max(0.0, m - max(lo, 0.0)))
+                err_hi.append(0.0 if np.isnan(hi) else max(0.0, min(hi, 1.0) - m))
                 hatched.append(bool(len(v)) and not bool(v["prompt_supported"].all()))
             pos = x - 0.4 + width * (j + 0.5)
             bars = ax.bar(pos, np.nan_to_num(means), width, yerr=[err_lo, err_hi], capsize=2,
@@ -199,7 +199,8 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
                  else {"mean_diff": np.nan, "low": np.nan, "high": np.nan})
             stats.append((r["mean_diff"], r["low"], r["high"]))
         means = np.array([s[0] for s in stats])
-        err = np.nan_to_num(np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T)
+        err = np.clip(np.nan_to_num(np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T),
+                      0.0, None)
         colors = ["#55A868" if m >= 0 else "#C44E52" for m in np.nan_to_num(means)]
         ax.barh(np.arange(len(tasks)), np.nan_to_num(means), xerr=np.nan_to_num(err),
                 color=colors, capsize=2)
@@ -480,9 +481,10 @@ def fig_difficulty(table, *, selection: str | None = None, max_panels: int = 6):
                 r = pm.loc[f]
                 ys.append(i - 0.35 + step * (j + 0.5))
                 xs.append(float(r["rho"]))
-                lo.append(float(r["rho"]) - float(r["rho_ci_low"])
+                # a percentile interval need not contain the estimate (few cases, ties)
+                lo.append(max(0.0, float(r["rho"]) - float(r["rho_ci_low"]))
                           if np.isfinite(r["rho_ci_low"]) else 0.0)
-                hi.append(float(r["rho_ci_high"]) - float(r["rho"])
+                hi.append(max(0.0, float(r["rho_ci_high"]) - float(r["rho"]))
                           if np.isfinite(r["rho_ci_high"]) else 0.0)
             ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", ms=4, capsize=2, lw=1,
                         color=_COLORS[j % len(_COLORS)], label=m)
@@ -632,7 +634,9 @@ def fig_iterative(df, run_dir: str | Path | None, *, protocol: str = "paper",
             _points(ax, r["points"], last_large=True)
             _zoom(ax, union, None, always=True)
             ax.set_title(f"{k} click{'s' if k > 1 else ''}: IoU {r['iou']:.2f}", fontsize=7)
-        axes[i, 0].set_ylabel(m, fontsize=8)
+        supported = bool(run.loc[run["method"] == m, "prompt_supported"].astype(str).str.lower()
+                         .isin(("true", "1", "1.0")).all()) if "prompt_supported" in run else True
+        axes[i, 0].set_ylabel(m if supported else f"{m}\n(not meant for clicks)", fontsize=8)
     ds, task, case = key[0], key[1], key[2]
     fig.suptitle(f"Fig. 6: {task_label(ds, task)} {case}, {protocol} protocol, {selection} "
                  "(green: ground truth, red: prediction; ★ positive, ✖ negative click)",
@@ -701,7 +705,7 @@ def fig_ambiguity(df, run_dir: str | Path | None, method: str, *, protocol: str 
         masks = [_read_png(run_dir, files[k]) for k in order[:3]]
         ok = [m for m in masks if m is not None and m.shape == gt.shape]
         if len(ok) > 1:
-            near_copies.append(min(_iou(ok[0], m) for m in ok[1:]) > 0.95)
+            near_copies.append(min(_iou(ok[0], m) for m in ok[1:]))
         union = gt.copy()
         for m in ok:
             union |= m
@@ -726,8 +730,10 @@ def fig_ambiguity(df, run_dir: str | Path | None, method: str, *, protocol: str 
             ax.set_title(f"{('1st', '2nd', '3rd')[c]}: predicted {pred}, {true}", fontsize=7)
         axes[r_i, 0].set_ylabel(f"{t}\n{row['case']}", fontsize=7)
     note = ""
-    if near_copies and all(near_copies):
-        note = "\n(the candidates are near-copies: this model's multimask outputs carry no choice)"
+    if near_copies:
+        least = min(near_copies)
+        note = (f"\nleast overlap of the 2nd/3rd with the 1st candidate: IoU {least:.2f}"
+                + (" (near-copies: these outputs offer no real choice)" if least > 0.9 else ""))
     fig.suptitle(f"Fig. 7: ambiguity, {method}, {_MODE_NAMES.get(protocol, protocol)} "
                  f"(red: candidate, green: ground truth){note}", fontsize=9)
     return fig
@@ -814,7 +820,8 @@ def fig_everything(df, run_dir: str | Path | None, method: str, *, grids=None,
                          fontsize=7)
         axes[r_i, 0].set_ylabel(f"{t}\n{key[1]}", fontsize=7)
     fig.suptitle(f"Fig. 9: everything mode, {method} (colours: kept masks; white: ground "
-                 "truth)", fontsize=9)
+                 "truth)\nwhere masks overlap the more confident one is drawn; match Dice may "
+                 "come from a mask hidden under it", fontsize=9)
     return fig
 
 

@@ -129,7 +129,12 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[lis
     made: list[tuple[str, str, list[Path]]] = []
     left_out: list[tuple[str, str]] = []
 
-    def add(stem: str, title: str, fig, why: str = "") -> None:
+    def add(stem: str, title: str, make, why: str = "") -> None:
+        try:
+            fig = make()
+        except Exception as exc:  # noqa: BLE001 - one figure must not cost the report
+            left_out.append((title, f"could not be drawn: {type(exc).__name__}: {exc}"))
+            return
         if fig is None:
             if why:
                 left_out.append((title, why))
@@ -141,22 +146,22 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[lis
     methods = sorted(df["method"].unique())
     proto = df["protocol"].astype(str)
     add("fig2_modes", "IoU per prompt mode and task (Fig. 2; diamonds: oracle selection)",
-        fig_modes(df))
+        lambda: fig_modes(df))
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
             add(f"fig4_delta_{a}_vs_{b}", f"ΔIoU {a} − {b} per task (Fig. 4)",
-                fig_delta(df, a, b))
+                lambda a=a, b=b: fig_delta(df, a, b))
     for p in ("paper", "standard"):
         if (df["protocol"] == p).any():
             add(f"fig5_clicks_{p}", f"IoU against clicks, {p} protocol (Fig. 5)",
-                fig_clicks(df, p))
+                lambda p=p: fig_clicks(df, p))
     it_proto = next((p for p in ("paper", "standard") if (df["protocol"] == p).any()), None)
     if it_proto is None:
         left_out.append(("Fig. 6 (iterative examples)", "no iterative protocol in this run "
                          "(--protocol paper or standard)"))
     else:
         add("fig6_iterative", f"One object with 1 to 9 clicks, {it_proto} protocol (Fig. 6)",
-            fig_iterative(df, out, protocol=it_proto),
+            lambda: fig_iterative(df, out, protocol=it_proto),
             "no run has a saved mask for every click (run with masks kept)")
     with_cands = [m for m in methods if is_sam_family(m, manifest_methods)
                   and "candidates_file" in df
@@ -166,16 +171,20 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[lis
                          "strategies of a SAM-family model, with masks kept)"))
     for m in with_cands:
         add(f"fig7_ambiguity_{m}", f"1st, 2nd and 3rd most confident candidate, {m} (Fig. 7)",
-            fig_ambiguity(df, out, m), f"{m}: its candidates could not be drawn")
+            lambda m=m: fig_ambiguity(df, out, m), f"{m}: its candidates could not be drawn")
     ev = sorted(df.loc[proto.str.fullmatch(r"everything\d+"), "method"].unique())
     if not ev:
         left_out.append(("Fig. 9 (everything mode)", "no everything-mode rows (--modes "
                          "everything --grid 16,32,64)"))
     for m in ev:
+        rows = df[(df["method"] == m) & proto.str.fullmatch(r"everything\d+")]
+        notes = [n for n in rows["note"] if isinstance(n, str) and n]
+        why = (notes[0] if notes and not rows["prompt_supported"].any()
+               else "no saved label maps of everything mode")
         add(f"fig9_everything_{m}", f"Everything mode at several grid densities, {m} (Fig. 9)",
-            fig_everything(df, out, m), f"{m}: no saved label maps of everything mode")
+            lambda m=m: fig_everything(df, out, m), f"{m}: {why}")
     add("fig_difficulty", "Rank correlation of IoU with difficulty factors",
-        fig_difficulty(difficulty), "no difficulty factors with enough varied rows")
+        lambda: fig_difficulty(difficulty), "no difficulty factors with enough varied rows")
     size_proto = next((p for p in ("mode5", "mode3", "mode1", "paper", "standard")
                        if (df["protocol"] == p).any()), None)
     if size_proto is not None:
@@ -183,13 +192,13 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[lis
             df[df["protocol"] == size_proto].groupby(
                 ["dataset", "task", "case", "method", "repeat", "selection"])["click"].idxmax()]
         add("fig8_size", f"Object size against IoU, {size_proto} (Fig. 8)",
-            fig_size(d, size_proto))
+            lambda: fig_size(d, size_proto))
     ex_proto = next((p for p in ("mode5", "mode3", "mode1", "paper", "standard")
                      if (df["protocol"] == p).any()), None)
     if ex_proto is not None:
         for m in methods:
             add(f"fig3_examples_{m}", f"Examples at the 25/50/75th IoU percentile, {m}, "
-                f"{ex_proto} (Fig. 3)", fig_examples(df, m, ex_proto, run_dir=out))
+                f"{ex_proto} (Fig. 3)", lambda m=m: fig_examples(df, m, ex_proto, run_dir=out))
     return made, left_out
 
 

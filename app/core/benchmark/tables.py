@@ -140,6 +140,8 @@ def paired_table(df, *, metric: str = "iou", manifest_methods: Mapping | None = 
                     ["dataset", "task", "protocol", "selection"], sort=True):
                 r = paired_difference(g[f"{metric}_a"], g[f"{metric}_b"], case_ids(g),
                                       n_boot=n_boot, level=level, seed=seed)
+                if r["n_rows"] == 0:  # e.g. a model skipped for everything mode: no pair
+                    continue
                 out.append(dict(
                     method_a=ma, method_b=mb, kind=kind, dataset=ds, task=task,
                     protocol=_protocol_label(proto), selection=sel,
