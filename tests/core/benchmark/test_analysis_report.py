@@ -144,3 +144,17 @@ def test_figures_left_out_with_a_reason_when_masks_are_missing(run_dir, tmp_path
     html = write_report(plain).read_text(encoding="utf-8")
     assert "no everything-mode rows" in html and "no saved candidates" in html
     assert (plain / "figures" / "fig6_iterative.png").is_file()
+
+
+def test_difficulty_figure_when_an_interval_misses_its_estimate():
+    from app.core.benchmark.figures import fig_difficulty
+
+    # a percentile interval of few cases can lie beside the full-sample rho (a real run did)
+    t = pd.DataFrame([dict(method="m", protocol="mode1", selection="first", factor=f,
+                           rho=0.5, rho_ci_low=0.6, rho_ci_high=0.9, p=0.1, n_rows=5,
+                           n_cases=2) for f in ("size_fraction", "contrast")])
+    fig = fig_difficulty(t)
+    ax = fig.axes[0]
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == [
+        "size (fraction of image)", "contrast (object vs ring)"]
+    assert fig_difficulty(t.assign(rho=float("nan"))) is None
