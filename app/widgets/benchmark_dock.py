@@ -576,8 +576,13 @@ class BenchmarkDock(QWidget):
             df = load_results(self.out_dir)
         except Exception:  # noqa: BLE001 - a half-written file: try again next tick
             return
+        if (self.status == "running" and self.results is not None
+                and len(self.results) == len(df)):
+            return  # nothing new since the last tick
         self.results = df
-        self.summary = summarize(df) if len(df) else None
+        # while a run goes, a quick interval (the final table gets the report's 2000 resamples)
+        n_boot = 200 if self.status == "running" else 2000
+        self.summary = summarize(df, n_boot=n_boot) if len(df) else None
         self._fill_table(self.summary_table, self.summary, _SUMMARY_COLUMNS)
         self._mark_unanswerable(df)
         self._fill_table(self.cases_table, df, _CASE_COLUMNS, keep_index=True)
