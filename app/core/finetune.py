@@ -958,8 +958,11 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
         if cancelled():
             break
         if deadline is not None and i >= len(val) + min(8, len(train)) and (
-                time.perf_counter() - t0) > 0.5 * (deadline - t0):
-            break  # keep half the budget for training: train on what is embedded
+                time.perf_counter() - t0) > (0.5 if i < len(val) + len(train) else 0.25) * (
+                deadline - t0):
+            # keep half the budget for training (three quarters once the originals are in):
+            # train on what is embedded
+            break
         embs.append(engine.embed(s.image))
         report("embedding", i + 1, len(items), message=f"embedded {s.source}")
     val_pairs = list(zip(val, embs[: len(val)]))
