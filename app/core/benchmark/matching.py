@@ -5,7 +5,9 @@ ground-truth object of an image:
 
 * ``match_dice`` -- COSMOS's released evaluation (Huang et al. 2023): for each ground-truth
   object the prediction with the best Dice; a prediction may serve several objects.
-* ``match_iou`` -- the same with IoU.
+* ``match_iou`` -- the same with IoU. For one object, Dice = 2 IoU / (1 + IoU) rises with IoU,
+  so both rules pick the same prediction (ties apart); they are kept apart because COSMOS's
+  text and code name Dice while other work reports IoU.
 * ``hungarian`` -- one-to-one: the assignment maximising the summed IoU
   (``scipy.optimize.linear_sum_assignment``), pairs below IoU 0.5 discarded; an unmatched
   object scores IoU = Dice = 0. Precision = matched / predictions, recall = matched / objects,
