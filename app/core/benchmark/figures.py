@@ -61,6 +61,15 @@ def _figure(w: float, h: float):
     return Figure(figsize=(w, h), dpi=110, layout="constrained")
 
 
+def _suptitle(fig, text: str, fontsize: float = 10) -> None:
+    """The figure's title, wrapped to the figure's width (a long title was cut off)."""
+    import textwrap
+
+    per_line = max(30, int(fig.get_figwidth() * 72 / (fontsize * 0.56)))
+    lines = [w for line in text.split("\n") for w in textwrap.wrap(line, per_line) or [""]]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
+
+
 def task_label(dataset: str, task: str) -> str:
     """``task`` when it names its dataset already, else ``dataset/task``."""
     return str(task) if str(task) == str(dataset) else f"{dataset}/{task}"
@@ -148,7 +157,7 @@ def fig_modes(df, methods: list[str] | None = None):
                 labels.append(lab)
     fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)),
                fontsize=8, frameon=False)
-    fig.suptitle("IoU per prompt mode (bars: selection first, 95 % case-bootstrap CI; ◆ oracle)", fontsize=10)
+    _suptitle(fig, "IoU per prompt mode (bars: selection first, 95 % case-bootstrap CI; ◆ oracle)", fontsize=10)
     return fig
 
 
@@ -210,7 +219,7 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
         ax.grid(axis="x", alpha=0.3)
     for row in grid:
         row[0].set_yticks(np.arange(len(tasks)), tasks)
-    fig.suptitle(f"IoU of {method_a} minus {method_b} (selection: {selection})", fontsize=10)
+    _suptitle(fig, f"IoU of {method_a} minus {method_b} (selection: {selection})", fontsize=10)
     return fig
 
 
@@ -272,7 +281,7 @@ def fig_clicks(df, protocol: str = "paper"):
     for ax in axes[len(tasks):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"IoU against clicks, {protocol} protocol (bands: 95 % case-bootstrap CI)", fontsize=10)
+    _suptitle(fig, f"IoU against clicks, {protocol} protocol (bands: 95 % case-bootstrap CI)", fontsize=10)
     return fig
 
 
@@ -379,7 +388,7 @@ def fig_examples(df, method: str, protocol: str = "mode5", selection: str = "fir
                 ax.add_patch(_rect(x0, y0, x1, y1))
             _zoom(ax, gt, pred)
             ax.set_title(f"{t} p{pct}: {row['case']}\nIoU {row['iou']:.3f}", fontsize=8)
-    fig.suptitle(f"{method}, {_MODE_NAMES.get(protocol, protocol)}, {selection} "
+    _suptitle(fig, f"{method}, {_MODE_NAMES.get(protocol, protocol)}, {selection} "
                  "(green: ground truth, red: prediction)", fontsize=10)
     return fig
 
@@ -504,7 +513,7 @@ def fig_difficulty(table, *, selection: str | None = None, max_panels: int = 6):
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)),
                fontsize=8, frameon=False)
-    fig.suptitle("Rank correlation of IoU with difficulty factors (95 % case-bootstrap CI; "
+    _suptitle(fig, "Rank correlation of IoU with difficulty factors (95 % case-bootstrap CI; "
                  "ρ > 0: larger factor, higher IoU)", fontsize=10)
     return fig
 
@@ -638,7 +647,7 @@ def fig_iterative(df, run_dir: str | Path | None, *, protocol: str = "paper",
                          .isin(("true", "1", "1.0")).all()) if "prompt_supported" in run else True
         axes[i, 0].set_ylabel(m if supported else f"{m}\n(not meant for clicks)", fontsize=8)
     ds, task, case = key[0], key[1], key[2]
-    fig.suptitle(f"Fig. 6: {task_label(ds, task)} {case}, {protocol} protocol, {selection} "
+    _suptitle(fig, f"Fig. 6: {task_label(ds, task)} {case}, {protocol} protocol, {selection} "
                  "(green: ground truth, red: prediction; ★ positive, ✖ negative click)",
                  fontsize=9)
     return fig
@@ -734,7 +743,7 @@ def fig_ambiguity(df, run_dir: str | Path | None, method: str, *, protocol: str 
         least = min(near_copies)
         note = (f"\nleast overlap of the 2nd/3rd with the 1st candidate: IoU {least:.2f}"
                 + (" (near-copies: these outputs offer no real choice)" if least > 0.9 else ""))
-    fig.suptitle(f"Fig. 7: ambiguity, {method}, {_MODE_NAMES.get(protocol, protocol)} "
+    _suptitle(fig, f"Fig. 7: ambiguity, {method}, {_MODE_NAMES.get(protocol, protocol)} "
                  f"(red: candidate, green: ground truth){note}", fontsize=9)
     return fig
 
@@ -779,7 +788,8 @@ def fig_everything(df, run_dir: str | Path | None, method: str, *, grids=None,
     d = d[d["selection"] == sel]
     tasks = sorted(d["task_label"].unique())[:max_tasks]
     img_key = ["dataset", "case", "slice"]
-    fig = _figure(2.9 * len(grids) + 0.4, (2.8 * _aspect(d.iloc[0]) + 0.4) * len(tasks) + 0.6)
+    fig = _figure(max(2.9 * len(grids) + 0.4, 5.0),
+                  (2.8 * _aspect(d.iloc[0]) + 0.4) * len(tasks) + 0.8)
     axes = fig.subplots(len(tasks), len(grids), squeeze=False)
     cache: dict = {}
     mid = grids[len(grids) // 2]
@@ -819,7 +829,7 @@ def fig_everything(df, run_dir: str | Path | None, method: str, *, grids=None,
             ax.set_title(f"{g}×{g} points: {n_txt}, match Dice {rg['dice'].mean():.2f}",
                          fontsize=7)
         axes[r_i, 0].set_ylabel(f"{t}\n{key[1]}", fontsize=7)
-    fig.suptitle(f"Fig. 9: everything mode, {method} (colours: kept masks; white: ground "
+    _suptitle(fig, f"Fig. 9: everything mode, {method} (colours: kept masks; white: ground "
                  "truth)\nwhere masks overlap the more confident one is drawn; match Dice may "
                  "come from a mask hidden under it", fontsize=9)
     return fig

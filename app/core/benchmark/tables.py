@@ -210,6 +210,8 @@ def strata_table(df, *, metric: str = "iou", n_boot: int = N_BOOT, seed: int = 0
     strata = {"modality": "_modality", "size": "_size", "components": "_components"}
     out = []
     for (m, proto, sel), g in d.groupby(["method", "protocol", "selection"], sort=True):
+        if not np.isfinite(g[metric].to_numpy(float)).any():
+            continue  # e.g. a model skipped for everything mode
         cases = case_ids(g)
         for name, col in strata.items():
             levels = g[col]
@@ -243,6 +245,8 @@ def difficulty_table(df, *, factors=FACTORS, metric: str = "iou", n_boot: int = 
     for (m, proto, sel), g in d.groupby(["method", "protocol", "selection"], sort=True):
         cases = case_ids(g)
         y = g[metric].to_numpy(float)
+        if not np.isfinite(y).any():
+            continue  # e.g. a model skipped for everything mode
         for f in present:
             x = pd.to_numeric(g[f], errors="coerce").to_numpy(float)
             r = spearman_ci(x, y, cases, n_boot=n_boot, seed=seed)
