@@ -669,8 +669,9 @@ class BenchmarkDock(QWidget):
         if cands:
             makers.append(("Ambiguity (Fig. 7)",
                            lambda: figures.fig_ambiguity(df, out, cands[0])))
-        every = sorted(df.loc[df["protocol"].astype(str).str.fullmatch(r"everything\d+"),
-                              "method"].unique())
+        ev_rows = df[df["protocol"].astype(str).str.fullmatch(r"everything\d+")
+                     & (df["mask_file"].astype(str) != "")]
+        every = sorted(ev_rows["method"].unique())  # models skipped there have no label maps
         if every:
             makers.append(("Everything (Fig. 9)",
                            lambda: figures.fig_everything(df, out, every[0])))

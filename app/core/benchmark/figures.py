@@ -62,12 +62,14 @@ def _figure(w: float, h: float):
 
 
 def _suptitle(fig, text: str, fontsize: float = 10) -> None:
-    """The figure's title, wrapped to the figure's width (a long title was cut off)."""
+    """The figure's title, wrapped to the figure's width (a long title was cut off) and
+    aligned left."""
     import textwrap
 
     per_line = max(30, int(fig.get_figwidth() * 72 / (fontsize * 0.56)))
     lines = [w for line in text.split("\n") for w in textwrap.wrap(line, per_line) or [""]]
-    fig.suptitle("\n".join(lines), fontsize=fontsize)
+    # left-aligned: in the dock's scroll view a wide figure shows its left part first
+    fig.suptitle("\n".join(lines), fontsize=fontsize, x=0.01, ha="left")
 
 
 def task_label(dataset: str, task: str) -> str:
