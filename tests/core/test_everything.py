@@ -145,3 +145,42 @@ def test_everything_on_an_ultrasound_finds_the_head(head, click_engine):
     assert (lab[res.masks[0]] == 1).all()
     best = match_objects(res.masks, head.masks)["match_dice"][1]
     assert best.dice > 0.85, best
+
+
+def test_decode_points_of_a_sam_1024_model_equals_one_predict_per_point(tmp_path):
+    """SAM geometry (1024 input, three outputs), tiny random network: the batched point
+    decode gives each point's logits and scores exactly as a single-point predict does."""
+    torch = pytest.importorskip("torch")
+    from app.core.engine import configure_torch_threads
+    from app.core.image import Image2D
+    from app.core.models._preprocess import SAM_1024
+    from app.core.models.base import Prompt
+    from app.core.models.checkpoints import CheckpointSource
+    from app.core.models.registry import ModelSpec, load_model_from_spec
+    from app.core.models.sam import SAM_CAPABILITIES, build_tiny_sam_net
+
+    configure_torch_threads()  # as an Engine does: a core left free
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pth"
+    torch.save({"model": build_tiny_sam_net().state_dict()}, path)
+    spec = ModelSpec(name="tiny_sam", title="tiny", description="test",
+                     capabilities=SAM_CAPABILITIES, preprocessing=SAM_1024,
+                     checkpoint=CheckpointSource("tiny.pth", url="http://127.0.0.1:9/x"),
+                     build=build_tiny_sam_net)
+    model = load_model_from_spec(spec, checkpoint=path, device="cpu")
+    from app.core.models.backends import set_backend
+
+    set_backend(model, "torch")  # an ONNX export of the toy network costs more than the test
+    image = Image2D.from_array(np.random.default_rng(0).integers(0, 255, (300, 500), np.uint8))
+    emb = model.embed(image)
+    pts = grid_points(2, image.shape)
+    low, scores = model.decode_points(emb, pts)
+    assert low.shape == (4, 3, 256, 256) and scores.shape == (4, 3)
+    for i in (0, 3):
+        c = model.predict(emb, Prompt.from_points([pts[i]], [1]), multimask=True)
+        np.testing.assert_allclose(low[i], c.low_res_logits, atol=1e-4)
+        np.testing.assert_allclose(scores[i], c.scores, atol=1e-5)
+    # the content of a 300 x 500 image fills 154 of the 256 low-res rows (the rest is padding)
+    from app.core.everything import _content_hw
+
+    assert _content_hw(model, emb, (256, 256)) == (154, 256)
