@@ -31,9 +31,25 @@ from app.core.benchmark.figures import (
     fig_size,
     save_figure,
 )
-from app.core.benchmark.results import load_results, read_manifest
+from app.core.benchmark.results import load_results, parquet_current, read_manifest
 
-__all__ = ["summarize", "noc_table", "analysis_tables", "write_report", "NOC_THRESHOLDS"]
+__all__ = ["summarize", "noc_table", "analysis_tables", "write_report", "NOC_THRESHOLDS",
+           "ANALYSIS_COLUMNS", "FILE_COLUMNS"]
+
+#: the columns summaries, statistics, tables and the figures without images read (a column
+#: projection of ``results.parquet``: prompts, paths and check sums, most of the bytes, stay
+#: on disk)
+ANALYSIS_COLUMNS = (
+    "dataset", "task", "label", "case", "slice", "method", "protocol", "repeat", "click",
+    "selection", "iou", "dice", "hd95_mm", "nsd", "size_fraction", "seconds",
+    "prompt_supported", "note", "n_pred", "matched", "precision", "recall", "f1",
+    "boundary_complexity", "curvature", "contrast", "n_components",
+)
+#: what the figures drawing saved masks (Figs. 3, 6, 7, 9) need besides; read only for the
+#: rows that name a mask or candidate file (:func:`file_rows`)
+FILE_COLUMNS = ("points", "boxes", "height", "width", "spacing_mm", "image_path",
+                "label_path", "mask_file", "candidate_scores", "candidates_file")
+_CHUNK_ROWS = 50_000
 
 NOC_THRESHOLDS = (0.80, 0.85, 0.90)
 _GROUP = ["dataset", "task", "method", "protocol", "click", "selection"]
@@ -123,9 +139,14 @@ def _table_html(df, float_fmt: str = "{:.3f}") -> str:
                       float_format=lambda v: float_fmt.format(v))
 
 
-def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[list[tuple[str, str, list[Path]]],
-                                                       list[tuple[str, str]]]:
-    """Draw and save the figures; returns (stem, title, paths) drawn and (title, why) left out."""
+def _figures(df, out: Path, difficulty=None, manifest_methods=None, files=None
+             ) -> tuple[list[tuple[str, str, list[Path]]], list[tuple[str, str]]]:
+    """Draw and save the figures; returns (stem, title, paths) drawn and (title, why) left out.
+
+    ``files``: the rows naming saved masks, with their paths and prompts (:func:`file_rows`);
+    by default ``df`` itself (a full :func:`load_results`).
+    """
+    files = df if files is None else files
     made: list[tuple[str, str, list[Path]]] = []
     left_out: list[tuple[str, str]] = []
 
@@ -161,17 +182,18 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[lis
                          "(--protocol paper or standard)"))
     else:
         add("fig6_iterative", f"One object with 1 to 9 clicks, {it_proto} protocol (Fig. 6)",
-            lambda: fig_iterative(df, out, protocol=it_proto),
+            lambda: fig_iterative(files, out, protocol=it_proto),
             "no run has a saved mask for every click (run with masks kept)")
     with_cands = [m for m in methods if is_sam_family(m, manifest_methods)
-                  and "candidates_file" in df
-                  and (df.loc[df["method"] == m, "candidates_file"].astype(str) != "").any()]
+                  and "candidates_file" in files
+                  and (files.loc[files["method"] == m, "candidates_file"].astype(str)
+                       != "").any()]
     if not with_cands:
         left_out.append(("Fig. 7 (ambiguity)", "no saved candidates (prompt modes or COSMOS "
                          "strategies of a SAM-family model, with masks kept)"))
     for m in with_cands:
         add(f"fig7_ambiguity_{m}", f"1st, 2nd and 3rd most confident candidate, {m} (Fig. 7)",
-            lambda m=m: fig_ambiguity(df, out, m), f"{m}: its candidates could not be drawn")
+            lambda m=m: fig_ambiguity(files, out, m), f"{m}: its candidates could not be drawn")
     ev = sorted(df.loc[proto.str.fullmatch(r"everything\d+"), "method"].unique())
     if not ev:
         left_out.append(("Fig. 9 (everything mode)", "no everything-mode rows (--modes "
@@ -182,7 +204,7 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[lis
         why = (notes[0] if notes and not rows["prompt_supported"].any()
                else "no saved label maps of everything mode")
         add(f"fig9_everything_{m}", f"Everything mode at several grid densities, {m} (Fig. 9)",
-            lambda m=m: fig_everything(df, out, m), f"{m}: {why}")
+            lambda m=m: fig_everything(files, out, m), f"{m}: {why}")
     add("fig_difficulty", "Rank correlation of IoU with difficulty factors",
         lambda: fig_difficulty(difficulty), "no difficulty factors with enough varied rows")
     size_proto = next((p for p in ("mode5", "mode3", "mode1", "paper", "standard")
@@ -198,8 +220,60 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None) -> tuple[lis
     if ex_proto is not None:
         for m in methods:
             add(f"fig3_examples_{m}", f"Examples at the 25/50/75th IoU percentile, {m}, "
-                f"{ex_proto} (Fig. 3)", lambda m=m: fig_examples(df, m, ex_proto, run_dir=out))
+                f"{ex_proto} (Fig. 3)", lambda m=m: fig_examples(files, m, ex_proto,
+                                                        run_dir=out))
     return made, left_out
+
+
+def file_rows(out_dir: str | os.PathLike, df):
+    """The rows of ``df`` (a projected :func:`load_results` of ``out_dir``, its default index)
+    that name a saved mask or candidate file, with :data:`FILE_COLUMNS` added.
+
+    Streams the table ``_CHUNK_ROWS`` rows at a time (Parquet batches when it is current, else
+    CSV chunks), keeping only those rows: a run without saved masks costs nothing to hold.
+    """
+    import pandas as pd
+
+    from app.core.benchmark.results import _TEXT_FILLED
+
+    out = Path(out_dir)
+    keep = []
+    pq_path = parquet_current(out)
+    if pq_path is not None:
+        import pyarrow.parquet as pq
+
+        f = pq.ParquetFile(pq_path)
+        cols = [c for c in f.schema_arrow.names if c in FILE_COLUMNS]
+        chunks = (b.to_pandas() for b in f.iter_batches(batch_size=_CHUNK_ROWS, columns=cols))
+    else:
+        chunks = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False,
+                             usecols=lambda c: c in FILE_COLUMNS, chunksize=_CHUNK_ROWS)
+    start = 0
+    for chunk in chunks:
+        chunk.index = pd.RangeIndex(start, start + len(chunk))
+        start += len(chunk)
+        named = pd.Series(False, index=chunk.index)
+        for c in ("mask_file", "candidates_file"):
+            if c in chunk:
+                named |= chunk[c].fillna("").astype(str) != ""
+        if named.any():
+            keep.append(chunk[named])
+    if start != len(df):
+        raise RuntimeError(f"{out}: the results table changed while the report read it "
+                           f"({len(df)} rows, then {start})")
+    extra = [c for c in FILE_COLUMNS if c not in df.columns]
+    if not keep:
+        return df.iloc[:0].assign(**{c: pd.Series(dtype=str) for c in extra})
+    files = pd.concat(keep)
+    for c in ("height", "width"):  # as load_results reads them
+        if c in files:
+            files[c] = pd.to_numeric(files[c])
+    for c in files.columns:
+        if c not in ("height", "width") and c not in _TEXT_FILLED:
+            files[c] = files[c].mask(files[c] == "")
+        elif c in _TEXT_FILLED:
+            files[c] = files[c].fillna("").astype(str)
+    return df.loc[files.index].join(files[[c for c in extra if c in files.columns]])
 
 
 def _ci_text(table, metric: str, digits: int = 3) -> list[str]:
@@ -301,7 +375,7 @@ def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
     import pandas as pd
 
     out = Path(out_dir)
-    df = load_results(out)
+    df = load_results(out, columns=ANALYSIS_COLUMNS)
     manifest = read_manifest(out)
     opts: dict[str, Any] = manifest.get("options", {})
     summary = summarize(df) if len(df) else pd.DataFrame()
@@ -316,7 +390,8 @@ def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
     for name, table in an.items():
         if len(table):
             table.to_csv(out / f"{name}.csv", index=False)
-    made, left_out = (_figures(df, out, an.get("difficulty"), manifest.get("methods"))
+    made, left_out = (_figures(df, out, an.get("difficulty"), manifest.get("methods"),
+                               file_rows(out, df))
                       if figures and len(df) else ([], []))
 
     skipped = pd.read_csv(out / "skipped.csv") if (out / "skipped.csv").is_file() else None

@@ -346,26 +346,63 @@ def _png_ok(path: Path) -> bool:
     return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
 
 
-def load_results(out_dir: str | os.PathLike):
+def parquet_current(out_dir: str | os.PathLike) -> Path | None:
+    """``results.parquet`` when it holds the CSV's rows (written after the CSV's last change),
+    else None (an interrupted or resumed run: the CSV is the table)."""
+    out = Path(out_dir)
+    pq_path, csv_path = out / "results.parquet", out / "results.csv"
+    try:
+        if pq_path.stat().st_mtime_ns >= csv_path.stat().st_mtime_ns:
+            import pyarrow.parquet  # noqa: F401
+
+            return pq_path
+    except (OSError, ImportError):
+        pass
+    return None
+
+
+def load_results(out_dir: str | os.PathLike, columns: Iterable[str] | None = None):
     """``results.csv`` of a run folder as a pandas DataFrame (NaN where a metric is undefined).
+
+    ``columns``: only these (those the table has), read from ``results.parquet`` when it is
+    current (:func:`parquet_current`; a column projection: the other columns are never
+    decoded), else from the CSV; the values are those of the full read.
 
     Raises
     ------
     DatasetError
         No results in ``out_dir``.
     """
+    import numpy as np
     import pandas as pd
 
     path = Path(out_dir) / "results.csv"
     if not path.is_file():
         raise DatasetError(f"{out_dir}: no results.csv (not a benchmark run folder)")
+    want = None if columns is None else list(dict.fromkeys(columns))
+    pq_path = parquet_current(out_dir) if want is not None else None
     try:
-        df = pd.read_csv(path, dtype={"case": str, "task": str, "dataset": str, "method": str,
-                                      "note": str, "mask_file": str, "spacing_mm": str,
-                                      "candidate_scores": str, "candidates_file": str,
-                                      "group": str, "plan_digest": str,
-                                      "row_crc": str},
-                         keep_default_na=False, na_values=["nan", ""])
+        if pq_path is not None:
+            import pyarrow.parquet as pq
+
+            names = [c for c in pq.read_schema(pq_path).names if c in want]
+            df = pq.read_table(pq_path, columns=names).to_pandas()
+            for c in names:  # as the CSV reads them: an empty text field is missing
+                if (c not in _INT_COLUMNS and c not in _FLOAT_COLUMNS
+                        and c not in ("prompt_supported", *_TEXT_FILLED)):
+                    df[c] = df[c].mask(df[c] == "")
+            for c in _COUNT_COLUMNS:  # whole numbers in the CSV read as int when none is empty
+                if c in df and len(df) and np.isfinite(v := df[c].to_numpy()).all() and (
+                        v == np.round(v)).all():
+                    df[c] = df[c].astype("int64")
+        else:
+            df = pd.read_csv(path, dtype={"case": str, "task": str, "dataset": str,
+                                          "method": str, "note": str, "mask_file": str,
+                                          "spacing_mm": str, "candidate_scores": str,
+                                          "candidates_file": str, "group": str,
+                                          "plan_digest": str, "row_crc": str},
+                             keep_default_na=False, na_values=["nan", ""],
+                             usecols=None if want is None else lambda c: c in want)
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}): not a results table "
                            "written by samscope") from None
@@ -373,11 +410,17 @@ def load_results(out_dir: str | os.PathLike):
         raise DatasetError(f"{path}: not a results table ({str(exc).strip()[:120]})") from None
     if "prompt_supported" in df:
         df["prompt_supported"] = df["prompt_supported"].astype(str).str.lower() == "true"
-    for col in ("note", "mask_file", "spacing_mm", "points", "boxes", "candidate_scores",
-                "candidates_file"):
+    for col in _TEXT_FILLED:
         if col in df:
             df[col] = df[col].fillna("").astype(str)
     return df
+
+
+#: float columns of the Parquet that the runner writes as whole numbers
+_COUNT_COLUMNS = ("n_pred", "matched", "n_components")
+#: text columns where an empty field reads as "" (the others as NaN)
+_TEXT_FILLED = ("note", "mask_file", "spacing_mm", "points", "boxes", "candidate_scores",
+                "candidates_file")
 
 
 def write_manifest(out_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
