@@ -230,20 +230,22 @@ def _curves(d, n_max: int):
 
     Returns the (runs, n_max) array and the case of each run (for the case bootstrap).
     """
-    runs, cases = [], []
     keys = [k for k in ("dataset", "task", "label", "case", "slice", "repeat") if k in d]
-    for _, g in d.groupby(keys):
-        g = g.sort_values("click")
-        v = np.full(n_max, np.nan)
-        clicks = g["click"].to_numpy(int)
-        v[clicks - 1] = g["iou"].to_numpy(float)
-        # RITM convention: a run that reached the target keeps its IoU for later clicks
-        for i in range(1, n_max):
-            if np.isnan(v[i]):
-                v[i] = v[i - 1]
-        runs.append(v)
-        cases.append(case_ids(g.iloc[:1])[0])
-    return np.array(runs), np.array(cases, dtype=object)
+    if d.empty:
+        return np.array([]), np.array([], dtype=object)
+    run = d.groupby(keys, sort=True).ngroup().to_numpy()
+    ok = run >= 0  # a row with a missing key is in no run (as groupby drops it)
+    n_runs = int(run.max()) + 1 if ok.any() else 0
+    runs = np.full((n_runs, n_max), np.nan)
+    runs[run[ok], d["click"].to_numpy(int)[ok] - 1] = d["iou"].to_numpy(float)[ok]
+    # RITM convention: a run that reached the target keeps its IoU for later clicks
+    for i in range(1, n_max):
+        gap = np.isnan(runs[:, i])
+        runs[gap, i] = runs[gap, i - 1]
+    first = np.full(n_runs, -1)
+    first[run[ok][::-1]] = np.flatnonzero(ok)[::-1]  # a row of each run (all share its case)
+    cases = case_ids(d.iloc[first]) if n_runs else np.array([], dtype=object)
+    return runs, np.asarray(cases, dtype=object)
 
 
 def fig_clicks(df, protocol: str = "paper"):

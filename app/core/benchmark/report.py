@@ -105,29 +105,31 @@ def noc_table(df, thresholds=NOC_THRESHOLDS, max_clicks: dict[str, int] | None =
     """
     import pandas as pd
 
-    from app.core.prompts import noc
-
     d = df[df["click"] > 0]
     out = []
     keys = ["dataset", "task", "method", "protocol", "selection"]
     for key, g in d.groupby(keys, sort=True):
         budget = (max_clicks or {}).get(key[3], int(g["click"].max()))
-        nocs = {t: [] for t in thresholds}
-        for _, run in g.groupby(["case", "repeat"]):
-            ious = run.sort_values("click")["iou"].to_numpy(float)
-            for t in thresholds:
-                nocs[t].append(noc(ious, t, budget))
+        # one run = one (case, repeat); its clicks in order (a position k is click k + 1)
+        g = g.sort_values(["case", "repeat", "click"], kind="stable")
+        run = g.groupby(["case", "repeat"], sort=False).ngroup().to_numpy()
+        pos = g.groupby(["case", "repeat"], sort=False).cumcount().to_numpy()
+        n_runs = int(run.max()) + 1
+        ious = g["iou"].to_numpy(float)
         rec = dict(zip(keys, key))
-        rec["runs"] = len(nocs[thresholds[0]])
+        rec["runs"] = n_runs
         rec["max_clicks"] = budget
         for t in thresholds:
-            arr = np.asarray(nocs[t])
+            first = np.full(n_runs, np.iinfo(np.int64).max)
+            hit = ious >= t
+            np.minimum.at(first, run[hit], pos[hit])
+            reached = first < np.iinfo(np.int64).max
+            # as app.core.prompts.noc: the first click reaching t, else the click budget
+            nocs = np.where(reached, first + 1, budget)
             tag = int(round(t * 100))
-            rec[f"noc{tag}"] = float(arr.mean())
+            rec[f"noc{tag}"] = float(nocs.mean())
             # a run fails at t when its IoU never reached t within max_clicks
-            reached = [bool((r.sort_values("click")["iou"] >= t).any())
-                       for _, r in g.groupby(["case", "repeat"])]
-            rec[f"fail{tag}"] = int(len(reached) - sum(reached))
+            rec[f"fail{tag}"] = int(n_runs - reached.sum())
         out.append(rec)
     return pd.DataFrame(out)
 
