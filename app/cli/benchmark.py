@@ -263,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
 
         os.environ["SAMSCOPE_BACKEND"] = args.backend  # every model the runner loads
     from app.core.benchmark.report import write_report
+    from app.core.benchmark.results import read_manifest
     from app.core.benchmark.runner import BenchmarkPlan, iter_benchmark
 
     modes = [m for m in args.modes if m != "everything"]
@@ -309,4 +310,9 @@ def run(args: argparse.Namespace) -> int:
         bar.log(f"interrupted: continue with  samscope benchmark {args.path} --out {args.out} "
                 "--resume  (and the same options)")
         return 130
+    if read_manifest(args.out).get("status") == "incomplete":
+        # the log said which cases and why (a lost Ray worker); a resume tries them again
+        bar.log(f"incomplete: continue with  samscope benchmark {args.path} --out {args.out} "
+                "--resume  (and the same options)")
+        return 1
     return 0

@@ -14,9 +14,12 @@ a path every node sees at the same place (a shared file system). SAMScope and it
 must be installed on every node; the manifest records each worker's host and versions.
 
 Faults: the actors are restarted by Ray when their process dies (``max_restarts=-1``); the
-driver resubmits a case whose worker died (up to :data:`MAX_ATTEMPTS` times, then the case is
-listed in ``skipped.csv`` with the error, and a resume tries it again). A Python error in a
-case is raised in the driver, as it would be in a local run.
+driver sends a case whose worker was lost to a worker that is up, and a lost worker gets work
+again only once a ping shows it restarted. A case lost :data:`MAX_ATTEMPTS` times (or left
+when no worker comes back for :data:`WORKER_WAIT_S` s) is listed in ``skipped.csv`` with the
+error, the manifest's ``failed_cases`` names it and the run ends ``incomplete`` (the CLI exits
+1); a resume tries it again. A Python error in a case is raised in the driver, as it would be
+in a local run.
 """
 
 from __future__ import annotations
@@ -24,15 +27,26 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from app.core.errors import SamScopeError
 
-__all__ = ["MAX_ATTEMPTS", "ClusterError", "RayPool"]
+__all__ = ["MAX_ATTEMPTS", "NOT_FINISHED", "WORKER_WAIT_S", "ClusterError", "RayPool"]
 
-#: times a case is sent to a worker before it is given up (listed in skipped.csv)
+#: times a case may lose its worker while in flight before it is given up (listed in
+#: skipped.csv, the run ``incomplete``)
 MAX_ATTEMPTS = 3
+#: seconds without any worker up (all lost, none restarted by Ray) before the cases left are
+#: given up
+WORKER_WAIT_S = 300.0
+#: first and longest wait between pings of a lost worker (seconds)
+PING_FIRST_S = 0.1
+PING_MAX_S = 2.0
+#: start of the ``skipped.csv`` reason of a case given up (a resume tries it again)
+NOT_FINISHED = "not finished: "
 #: cases queued per actor (one running, one ready, so an actor never waits for the driver)
 PER_ACTOR = 2
 
@@ -63,6 +77,9 @@ class _Worker:
         self.run.pending_masks = []
         events = list(_case_work(self.run, self.methods, tasks, ref, done.__contains__))
         return ci, os.getpid(), events
+
+    def ping(self) -> int:
+        return os.getpid()
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return {n: dict(m.stats()) for n, m in self.methods.items()}
@@ -176,13 +193,25 @@ class RayPool:
         At most :data:`PER_ACTOR` cases per actor are in flight, so the driver holds a bounded
         number of results whatever the dataset's size. After ``cancelled()`` no new case is
         sent; those in flight are still committed.
+
+        A case whose worker was lost goes back to the front of the queue, for any worker
+        that is up; the lost worker gets no case until a ping shows that Ray has restarted
+        it (a restarting actor refuses tasks at once, so sending it the case again would
+        spend the case's tries in milliseconds). A case lost :data:`MAX_ATTEMPTS` times, or
+        left when no worker has come back for :data:`WORKER_WAIT_S` seconds, is yielded as
+        a ``("failed", Skipped, log_line)`` event: the runner lists it in ``skipped.csv``
+        and the run ends ``incomplete``, never ``complete``.
         """
         ray = self.ray
         from app.core.benchmark.datasets import Skipped
 
+        n = len(self.actors)
         tasks_of: dict[str, dict[int, str]] = {}
         pending: dict[Any, tuple[int, int, int]] = {}  # future -> (actor, case, attempt)
-        free = [i for _ in range(PER_ACTOR) for i in range(len(self.actors))]
+        inflight = [0] * n
+        probes: dict[Any, int] = {}  # ping future -> actor
+        down: dict[int, list[float]] = {}  # actor -> [lost since, next ping at, ping delay]
+        retry: deque[tuple[int, int]] = deque()  # (case, attempts so far), sent first
         todo = iter(range(len(cases)))
         exhausted = False
 
@@ -193,44 +222,113 @@ class RayPool:
             done = frozenset(store.done_by_image.get((ref.dataset, str(ref.image)), ()))
             fut = self.actors[ai].run_case.remote(ci, tasks_of[ds.name], ref, done)
             pending[fut] = (ai, ci, attempt)
+            inflight[ai] += 1
+
+        def next_job() -> tuple[int, int] | None:
+            nonlocal exhausted
+            if retry:
+                return retry.popleft()
+            if exhausted:
+                return None
+            ci = next(todo, None)
+            if ci is None:
+                exhausted = True
+                return None
+            return ci, 0
 
         def fill() -> None:
-            nonlocal exhausted
-            while free and not exhausted and not cancelled():
-                ci = next(todo, None)
-                if ci is None:
-                    exhausted = True
+            while not cancelled():
+                up = [i for i in range(n) if i not in down and inflight[i] < PER_ACTOR]
+                if not up:
                     return
-                submit(free.pop(0), ci, 1)
+                job = next_job()
+                if job is None:
+                    return
+                submit(min(up, key=inflight.__getitem__), job[0], job[1] + 1)
 
-        fill()
-        while pending:
-            (fut,), _ = ray.wait(list(pending), num_returns=1)
-            ai, ci, attempt = pending.pop(fut)
-            ref = cases[ci][1]
-            try:
-                _, pid, events = ray.get(fut)
-            except ray.exceptions.RayActorError as exc:
-                # the worker process died (killed, out of memory, node lost); Ray restarts it
-                if attempt < MAX_ATTEMPTS:
-                    self.log(f"Ray worker {ai} lost during {ref.case} (attempt {attempt}): "
-                             f"redoing the case ({_short(exc)})")
-                    submit(ai, ci, attempt + 1)
-                    continue
-                why = f"its Ray worker died {attempt} times: {_short(exc)}"
-                events = [("skipped", Skipped(str(ref.image), why), f"skipped {ref.image}: {why}")]
-                pid = self.pids[ai]
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, BaseException):
-                    raise cause from None
-                raise
+        def failed(ci: int, why: str) -> tuple[int, list[tuple]]:
+            image = str(cases[ci][1].image)
+            return ci, [("failed", Skipped(image, f"{NOT_FINISHED}{why}"),
+                         f"not finished: {image}: {why}")]
+
+        def lost(ai: int, exc: BaseException) -> None:
+            if ai not in down:
+                now = time.monotonic()
+                down[ai] = [now, now + PING_FIRST_S, PING_FIRST_S]
+                self.log(f"Ray worker {ai} lost ({_short(exc)}); waiting for Ray to restart it")
+
+        def replaced(ai: int, pid: int) -> None:
             if pid != self.pids[ai]:
                 self.log(f"Ray worker {ai} was replaced (pid {self.pids[ai]} -> {pid})")
                 self.pids[ai] = pid
-            free.append(ai)
+
+        fill()
+        while True:
+            if cancelled():
+                retry.clear()  # not done: the run is interrupted and a resume does them
+            if not pending and not retry and (exhausted or cancelled()):
+                break
+            now = time.monotonic()
+            if not pending and len(down) == n and all(now - d[0] > WORKER_WAIT_S
+                                                      for d in down.values()):
+                why = (f"no Ray worker came back within {WORKER_WAIT_S:g} s of being lost "
+                       f"(workers {sorted(down)})")
+                self.log(f"Ray: {why}; giving up the cases left")
+                for ci, _ in retry:
+                    yield failed(ci, why)
+                retry.clear()
+                if not cancelled():
+                    for ci in todo:
+                        yield failed(ci, why)
+                exhausted = True
+                break
+            for ai, d in down.items():
+                if d[1] <= now and ai not in probes.values():
+                    probes[self.actors[ai].ping.remote()] = ai
+            waiting = [*pending, *probes]
+            if not waiting:
+                time.sleep(max(0.0, min(d[1] for d in down.values()) - now))
+                continue
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=PING_MAX_S)
+            for fut in ready:
+                if fut in probes:
+                    ai = probes.pop(fut)
+                    try:
+                        pid = ray.get(fut)
+                    except ray.exceptions.RayActorError:
+                        d = down[ai]  # still restarting: ping again later, less often
+                        d[2] = min(2 * d[2], PING_MAX_S)
+                        d[1] = time.monotonic() + d[2]
+                        continue
+                    down.pop(ai)
+                    replaced(ai, pid)
+                    continue
+                ai, ci, attempt = pending.pop(fut)
+                inflight[ai] -= 1
+                ref = cases[ci][1]
+                try:
+                    _, pid, events = ray.get(fut)
+                except ray.exceptions.RayActorError as exc:
+                    # the worker process died (killed, out of memory, node lost) or is being
+                    # restarted; either way the case's results never came back: redo it
+                    lost(ai, exc)
+                    if attempt < MAX_ATTEMPTS:
+                        self.log(f"Ray worker {ai} lost during {ref.case} (attempt {attempt}): "
+                                 f"redoing the case ({_short(exc)})")
+                        retry.append((ci, attempt))
+                        continue
+                    yield failed(ci, f"its Ray worker was lost {attempt} times while it ran: "
+                                     f"{_short(exc)}")
+                    continue
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, BaseException):
+                        raise cause from None
+                    raise
+                replaced(ai, pid)
+                fill()
+                yield ci, events
             fill()
-            yield ci, events
 
     # --- the end ----------------------------------------------------------------------------
     def close(self) -> dict[str, dict[str, Any]]:

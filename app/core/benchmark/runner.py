@@ -357,6 +357,8 @@ class _Run:
         self.on_log = on_log
         self.rows_written = 0
         self.skipped: list[Skipped] = []
+        #: cases a Ray run gave up (lost workers): listed in skipped.csv, the run incomplete
+        self.failed: list[Skipped] = []
         self.digest = plan.digest()
         #: difficulty factors of the objects of the image in progress
         self._factors: dict[tuple[str, str, int], dict[str, float]] = {}
@@ -777,7 +779,10 @@ def iter_benchmark(
     -----
     The generator writes ``results.csv`` itself; consuming it is what drives the run. Closing
     it early (``break``, Ctrl-C) also leaves a resumable folder. The run folder is locked
-    (``run.lock``) from the first ``next()`` until the generator ends.
+    (``run.lock``) from the first ``next()`` until the generator ends. The manifest's status
+    at the end: ``complete``; ``interrupted`` (cancelled or closed early); or ``incomplete``
+    when a Ray run gave up cases (their workers lost too often), named in ``failed_cases``
+    and in ``skipped.csv`` -- a resume tries them again.
     """
     plan.validate()
     run = _Run(plan, on_log)
@@ -895,8 +900,10 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
             ref = cases[ci][1]
             for event in events:
                 kind = event[0]
-                if kind == "skipped":
+                if kind in ("skipped", "failed"):
                     run.skipped.append(event[1])
+                    if kind == "failed":
+                        run.failed.append(event[1])
                     run.log(event[2])
                 elif kind == "prepared":
                     prepare_count[event[1]] += 1
@@ -913,7 +920,8 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
                     progress(cases_done, f"{ref.dataset} {event[1]}", event[2])
             cases_done += 1
             progress(cases_done, f"{ref.dataset} {ref.case} done")
-        status = "interrupted" if cancelled() else "complete"
+        status = ("interrupted" if cancelled() else
+                  "incomplete" if run.failed else "complete")
     except BaseException as exc:  # GeneratorExit too: the folder is left resumable
         error = exc
         raise
@@ -935,13 +943,14 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
             )
         manifest.update(finished=_dt.datetime.now().isoformat(timespec="seconds"),
                         seconds=round(elapsed, 3), rows_written_this_run=run.rows_written,
-                        embedding_stats=stats, skipped=len(run.skipped))
+                        embedding_stats=stats, skipped=len(run.skipped),
+                        failed_cases=[{"path": f.path, "error": f.reason} for f in run.failed])
         if error is not None and not isinstance(error, GeneratorExit | KeyboardInterrupt):
             manifest["error"] = str(error)
-        manifest["status"] = "interrupted" if status == "complete" else status
+        manifest["status"] = "interrupted" if status in ("complete", "incomplete") else status
         try:
             _write_skipped(out, run.skipped)
-            if status == "complete":
+            if status in ("complete", "incomplete"):
                 store.write_parquet()  # before the manifest may say complete
             manifest["status"] = status
             write_manifest(out, manifest)
@@ -955,6 +964,9 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
             run.log(f"also failed while closing the run: {exc}")
         run.log(f"{manifest['status']}: {run.rows_written} rows written in {elapsed:.1f} s "
                 f"-> {store.path}")
+        if run.failed and manifest["status"] == "incomplete":
+            run.log(f"{len(run.failed)} cases could not be finished (listed in "
+                    f"{out / 'skipped.csv'}); resume the run to try them again")
 
 
 def _case_work(run: _Run, methods: dict[str, Any], tasks: dict[int, str], ref: Any,
@@ -1084,13 +1096,18 @@ def _write_skipped(out: Path, skipped: list[Skipped]) -> None:
     import csv
     import io
 
+    from app.core.benchmark.cluster import NOT_FINISHED
+
     seen = set()
     path = out / "skipped.csv"
     rows = []
     if path.is_file():
         try:
             with path.open(newline="", encoding="utf-8") as fh:
-                rows = [(r["path"], r["reason"]) for r in csv.DictReader(fh)]
+                # a case an earlier run gave up was tried again by this one: listed again
+                # only if it failed again
+                rows = [(r["path"], r["reason"]) for r in csv.DictReader(fh)
+                        if not r["reason"].startswith(NOT_FINISHED)]
         except (UnicodeDecodeError, KeyError, csv.Error):
             rows = []  # a damaged list of skipped files is rebuilt from this run's
     rows += [(s.path, s.reason) for s in skipped]

@@ -12,12 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from app.core.benchmark import cluster
 from app.core.benchmark.results import ResultsStore, load_results, read_manifest
 from app.core.benchmark.runner import BenchmarkPlan, iter_benchmark, run_benchmark
 
@@ -46,6 +48,10 @@ def _table(out):
 
 
 def assert_same_rows(out, reference):
+    manifest = read_manifest(out)
+    # first the run's own account: a case given up names itself here and in skipped.csv
+    assert (manifest["status"], manifest.get("failed_cases", [])) == ("complete", []), (
+        manifest.get("failed_cases"), (out / "skipped.csv").read_text())
     a, b = _table(reference), _table(out)
     assert not b.duplicated(KEY).any(), "rows doubled"
     assert len(b) == len(a), f"{len(b)} rows, expected {len(a)}"
@@ -121,6 +127,69 @@ def test_killed_worker_is_replaced_and_every_row_written_once(ray_address, many_
     text = "\n".join(logs)
     assert "Ray worker 0 lost" in text or "Ray worker 0 was replaced" in text, text
     assert_same_rows(out, many_reference)
+
+
+def _ray_workers() -> list[int]:
+    """Pids of this machine's SAMScope Ray actors (Ray titles them ``ray::_Worker...``)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "cmdline").read_bytes().startswith(b"ray::_Worker"):
+                pids.append(int(d.name))
+        except OSError:
+            pass  # ended meanwhile
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs Linux's /proc")
+def test_a_case_whose_worker_keeps_dying_is_a_failed_case_and_the_run_incomplete(
+        ray_address, many_kw, tmp_path, monkeypatch):
+    """Every worker process killed as soon as it appears: no case can finish. The run must end
+    ``incomplete`` (not ``complete`` with rows missing), name each case with its error, and a
+    resume must then give the local rows exactly."""
+    kw = {**many_kw, "max_cases": 2}
+    reference = run_benchmark(BenchmarkPlan(out_dir=tmp_path / "ref", **kw))
+    monkeypatch.setattr(cluster, "WORKER_WAIT_S", 4.0)
+    stop, kills = threading.Event(), []
+
+    def killer():
+        while not stop.is_set():
+            for pid in _ray_workers():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                except OSError:
+                    pass
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    logs: list[str] = []
+
+    def on_log(line):
+        logs.append(line)
+        if line.startswith("Ray worker 0: pid") and not thread.is_alive():
+            thread.start()  # once the pool is up (a worker lost while starting is an error)
+
+    out = tmp_path / "run"
+    try:
+        rows = list(iter_benchmark(BenchmarkPlan(out_dir=out, ray=ray_address, workers=1, **kw),
+                                   on_log=on_log))
+    finally:
+        stop.set()
+        thread.join()
+    assert kills, logs
+    manifest = read_manifest(out)
+    assert manifest["status"] == "incomplete", logs
+    failed = [Path(f["path"]) for f in manifest["failed_cases"]]
+    assert sorted(p.stem for p in failed) == sorted(set(load_results(reference)["case"])), logs
+    assert all(f["error"].startswith(cluster.NOT_FINISHED) for f in manifest["failed_cases"])
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert sorted(skipped["path"]) == sorted(f["path"] for f in manifest["failed_cases"])
+    assert not rows and load_results(out).empty
+    # a resume (no more killing) finishes them; the list of skipped files forgets them
+    run_benchmark(BenchmarkPlan(out_dir=out, resume=True, ray=ray_address, workers=1, **kw))
+    assert_same_rows(out, reference)
+    assert (out / "skipped.csv").read_text() == (reference / "skipped.csv").read_text()
 
 
 def test_resume_after_the_driver_is_killed(ray_address, many_kw, many_reference, tmp_path):
