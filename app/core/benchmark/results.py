@@ -386,11 +386,14 @@ def load_results(out_dir: str | os.PathLike, columns: Iterable[str] | None = Non
             import pyarrow.parquet as pq
 
             names = [c for c in pq.read_schema(pq_path).names if c in want]
-            df = pq.read_table(pq_path, columns=names).to_pandas()
+            # one column at a time out of Arrow (the table is freed as it goes)
+            df = pq.read_table(pq_path, columns=names).to_pandas(split_blocks=True,
+                                                                 self_destruct=True)
             for c in names:  # as the CSV reads them: an empty text field is missing
                 if (c not in _INT_COLUMNS and c not in _FLOAT_COLUMNS
-                        and c not in ("prompt_supported", *_TEXT_FILLED)):
-                    df[c] = df[c].mask(df[c] == "")
+                        and c not in ("prompt_supported", *_TEXT_FILLED)
+                        and (empty := df[c] == "").any()):
+                    df[c] = df[c].mask(empty)
             for c in _COUNT_COLUMNS:  # whole numbers in the CSV read as int when none is empty
                 if c in df and len(df) and np.isfinite(v := df[c].to_numpy()).all() and (
                         v == np.round(v)).all():
@@ -408,7 +411,7 @@ def load_results(out_dir: str | os.PathLike, columns: Iterable[str] | None = Non
                            "written by samscope") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DatasetError(f"{path}: not a results table ({str(exc).strip()[:120]})") from None
-    if "prompt_supported" in df:
+    if "prompt_supported" in df and df["prompt_supported"].dtype != bool:
         df["prompt_supported"] = df["prompt_supported"].astype(str).str.lower() == "true"
     for col in _TEXT_FILLED:
         if col in df:
