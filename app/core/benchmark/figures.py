@@ -183,7 +183,7 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
     (:func:`app.core.benchmark.stats.paired_difference`); positive means
     ``method_a`` is better.
     """
-    d = df.copy()
+    d = df  # filtered below, never written to (no copy of the whole table)
     iterative = d["click"] > 0
     if iterative.any():  # compare iterative runs at their last common click
         last = d[iterative].groupby("protocol")["click"].transform("max")

@@ -197,7 +197,7 @@ def strata_table(df, *, metric: str = "iou", n_boot: int = N_BOOT, seed: int = 0
     d = final_rows(df)
     if d.empty:
         return pd.DataFrame()
-    d = d.copy()
+    # final_rows made a new frame (pandas copy-on-write: the columns added never reach df)
     d["_modality"] = (d["modality"].astype(str) if "modality" in d
                       else d["dataset"].astype(str))
     d["_size"] = size_terciles(d) if "size_fraction" in d else None
