@@ -361,18 +361,20 @@ def variants_from_manifests(specs) -> list[dict]:
     for spec in specs:
         name, rest = spec.split("=", 1)
         folder, _, what = rest.partition("::")
-        m = json.loads((Path(folder) / "manifest.json").read_text())
+        start = folder.startswith("start:")  # the starting weights: step 0 of that run
+        m = json.loads((Path(folder.removeprefix("start:")) / "manifest.json").read_text())
         tr = m["training"]
-        best = next(h for h in tr["history"] if h["step"] == tr["best_step"])
+        best = tr["history"][0] if start else next(
+            h for h in tr["history"] if h["step"] == tr["best_step"])
         scores = {"mode1_first": best["val_point_iou"], "mode3_first": best["val_box_iou"],
                   "paper_1to5_first": best.get("val_clicks_iou")}
         vals = [v for v in scores.values() if v is not None]
         scores["mean"] = float(np.mean(vals)) if vals else None
         out.append({"name": name, "what": what, "scores": scores,
-                    "steps": f"{tr['steps_taken']} ({tr['best_step']})",
-                    "routing": m.get("validation", {}).get("box_routing", {}).get("reason",
-                                                                                   "–"),
-                    "history": tr["history"]})
+                    "steps": "0" if start else f"{tr['steps_taken']} ({tr['best_step']})",
+                    "routing": "–" if start else m.get("validation", {}).get(
+                        "box_routing", {}).get("reason", "–"),
+                    "history": [] if start else tr["history"]})
     return out
 
 
@@ -407,10 +409,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "models" / "litemedsam_points")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=147)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-slices", type=int, default=12)
     ap.add_argument("--device", default=None)
@@ -422,7 +424,7 @@ def main(argv=None) -> int:
     ap.add_argument("--monotone-weight", type=float, default=None)
     ap.add_argument("--size-balance", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--val-every", type=int, default=50)
+    ap.add_argument("--val-every", type=int, default=25)
     ap.add_argument("--store", type=Path, default=None,
                     help="embedding store folder (variants reuse the frozen encoder's output)")
     ap.add_argument("--previous", type=Path, default=None,

@@ -284,7 +284,9 @@ def samples_digest(samples: Iterable[TrainingSample]) -> str:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Training recipe. Defaults are what ``litemedsam_points`` was trained with.
+    """Training recipe. Defaults are the recipe ``litemedsam_points`` was trained with (the
+    Adapt dock and ``samscope finetune`` use them; the shipped model also started from the
+    previous shipped decoder, ``init``).
 
     Parameters
     ----------
@@ -347,7 +349,7 @@ class FinetuneConfig:
     steps: int = 300
     minutes: float | None = None
     batch_size: int = 0
-    lr: float = 5e-5
+    lr: float = 3e-5
     weight_decay: float = 1e-4
     seed: int = 0
     val_fraction: float = 0.25
@@ -362,9 +364,9 @@ class FinetuneConfig:
     box_jitter: float = 0.1
     half_weights: bool = True
     threads: int | None = None
-    augment_copies: int = 2
-    size_balance: float = 0.5
-    p_iterative: float = 0.6
+    augment_copies: int = 1
+    size_balance: float = 0.0
+    p_iterative: float = 0.4
     max_clicks: int = 9
     p_feedback: float = 0.5
     monotone_weight: float = 1.0
