@@ -23,7 +23,7 @@ process (imports alone 121 MiB):
 =================================  ==================  ===================
 load_results, full CSV             1.0 s, 292 MiB       12.9 s, 1331 MiB
 load_results(ANALYSIS_COLUMNS)     0.1 s, 206 MiB       3.6 s, 660 MiB
-write_report before (45b484f~2)    57 s, 446 MiB        1393 s, 2028 MiB
+write_report before (f59c3c2)      57 s, 446 MiB        1393 s, 2028 MiB
 write_report after                 50 s, 385 MiB        275 s, 1031 MiB
 =================================  ==================  ===================
 
