@@ -14,7 +14,10 @@ that pass both filters are upsampled to the image; ``min_mask_region_area`` remo
 and fills holes smaller than that many pixels (as the reference's post-processing) *before*
 the one box NMS, and drops masks left empty. Masks come back sorted by predicted IoU.
 
-The defaults of the filters are written once, in :data:`DEFAULT_OPTIONS`.
+The defaults of the filters are written once, in :data:`DEFAULT_OPTIONS` (SAM's published
+ones: SAM ViT-B/L/H, MedSAM and MobileSAM use them), and, for a model whose scores are on
+another scale, in :data:`MODEL_OPTIONS` (measured with ``bench/everything_filters.py``);
+:func:`options_for` gives a model's effective set, explicit options overriding both.
 
 .. code-block:: python
 
@@ -35,11 +38,13 @@ import numpy as np
 __all__ = [
     "DEFAULT_OPTIONS",
     "GRIDS",
+    "MODEL_OPTIONS",
     "EverythingResult",
     "check_options",
     "generate_masks",
     "grid_points",
     "label_map",
+    "options_for",
     "stability_score",
 ]
 
@@ -55,6 +60,27 @@ DEFAULT_OPTIONS: dict[str, float | int] = {
     "min_mask_region_area": 0,
     "points_per_batch": 64,
 }
+
+#: per-model defaults that differ from :data:`DEFAULT_OPTIONS`, measured on real images
+#: (``bench/everything_filters.py``, 2 fetal_head_us + 2 cxr_lungs images, grid 32). Our
+#: click-tuned LiteMedSAM decoder predicts IoUs below 0.88 and softer logits than SAM: with
+#: SAM's filters it keeps no mask at all on those images (every object's match Dice 0)
+MODEL_OPTIONS: dict[str, dict[str, float | int]] = {
+    "litemedsam_points": {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.8},
+}
+
+
+def options_for(model_name: str,
+                options: Mapping[str, Any] | None = None) -> dict[str, float | int]:
+    """The effective filters for the model (registry name) ``model_name``:
+    :data:`DEFAULT_OPTIONS`, then the model's :data:`MODEL_OPTIONS`, then ``options``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_options`.
+    """
+    return check_options({**MODEL_OPTIONS.get(model_name, {}), **dict(options or {})})
 
 
 def check_options(options: Mapping[str, Any] | None) -> dict[str, float | int]:

@@ -107,7 +107,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
 
 def test_everything_mode_and_cosmos_strategies_end_to_end(shared_data, tmp_path, capsys):
     """The issue's command on one real ultrasound with the click model: everything mode at a
-    16 x 16 grid (filters at 0.8 / 0.8: with SAM's 0.88 / 0.95 this model keeps no mask),
+    16 x 16 grid (the model's own filter defaults: with SAM's 0.88 / 0.95 it keeps no mask),
     modes 1 and 3, two COSMOS strategies jittered 5 times."""
     import json
 
@@ -118,8 +118,6 @@ def test_everything_mode_and_cosmos_strategies_end_to_end(shared_data, tmp_path,
     out = tmp_path / "run"
     args = ["benchmark", str(shared_data), "--datasets", "fetal_head_us", "--max-cases", "1",
             "--methods", "litemedsam_points", "--modes", "everything,1,3", "--grid", "16",
-            "--everything-option", "pred_iou_thresh=0.8",
-            "--everything-option", "stability_score_thresh=0.8",
             "--protocols", "cosmos-centroid,cosmos-5pos5neg", "--jitter", "0.1",
             "--repeats", "5", "--no-report", "--out", str(out)]
     assert main(args) == 0, capsys.readouterr().err
@@ -127,8 +125,14 @@ def test_everything_mode_and_cosmos_strategies_end_to_end(shared_data, tmp_path,
     assert len(df) == 3 + 2 * 5 * 2 + 2 * 5 * 2
     ev = df[df["protocol"] == "everything16"].set_index("selection")
     assert sorted(ev.index) == ["hungarian", "match_dice", "match_iou"]
-    assert (ev["click"] == 0).all() and (ev["n_pred"] >= 1).all()
+    assert (ev["click"] == 0).all() and (ev["n_pred"] >= 1).all() and ev["note"].isna().all()
     assert ev.loc["match_dice", "dice"] > 0.85  # measured 0.896 on 006_HC
+    from app.core.everything import options_for
+
+    options = json.loads((out / "manifest.json").read_text())["options"]
+    assert options["everything_options"] == {}
+    assert options["everything_effective"] == {"litemedsam_points":
+                                               options_for("litemedsam_points")}
     h = ev.loc["hungarian"]
     assert h["matched"] == 1 and h["recall"] == 1.0
     assert h["precision"] == pytest.approx(1 / h["n_pred"])
@@ -156,6 +160,30 @@ def test_everything_mode_and_cosmos_strategies_end_to_end(shared_data, tmp_path,
     before = (out / "results.csv").read_bytes()
     assert main([*args, "--resume"]) == 0
     assert (out / "results.csv").read_bytes() == before
+
+
+def test_explicit_filters_override_the_models_and_an_empty_image_says_why(shared_data,
+                                                                          tmp_path):
+    """SAM's filters asked for explicitly on the click model: no mask kept, and each row
+    says which filters left nothing (the report and the dock show the note)."""
+    import json
+
+    if not (shared_data / "png_pairs" / "fetal_head_us").is_dir():
+        pytest.skip("fetal_head_us missing")
+    out = tmp_path / "run"
+    assert main(["benchmark", str(shared_data), "--datasets", "fetal_head_us", "--max-cases",
+                 "1", "--methods", "litemedsam_points", "--modes", "everything", "--grid", "16",
+                 "--everything-option", "pred_iou_thresh=0.88", "--everything-option",
+                 "stability_score_thresh=0.95", "--no-report", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "results.csv", keep_default_na=False, na_values=["", "nan"])
+    assert len(df) == 3 and (df["n_pred"] == 0).all() and (df["dice"] == 0).all()
+    assert df["note"].str.startswith("no mask passed the filters: pred_iou_thresh=0.88, "
+                                     "stability_score_thresh=0.95 (768 masks decoded").all()
+    options = json.loads((out / "manifest.json").read_text())["options"]
+    assert options["everything_options"] == {"pred_iou_thresh": 0.88,
+                                             "stability_score_thresh": 0.95}
+    eff = options["everything_effective"]["litemedsam_points"]
+    assert (eff["pred_iou_thresh"], eff["stability_score_thresh"]) == (0.88, 0.95)
 
 
 def test_everything_options_are_checked(pairs, tmp_path, capsys):

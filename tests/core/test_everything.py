@@ -8,10 +8,12 @@ import pytest
 
 from app.core.everything import (
     DEFAULT_OPTIONS,
+    MODEL_OPTIONS,
     check_options,
     generate_masks,
     grid_points,
     label_map,
+    options_for,
     stability_score,
 )
 
@@ -57,6 +59,21 @@ def test_options_are_checked_and_the_defaults_are_sams():
                 {"box_nms_thresh": "x"}, {"stability_score_offset": float("nan")}):
         with pytest.raises(ValueError, match="everything-mode option"):
             check_options(bad)
+
+
+def test_per_model_defaults_under_explicit_options():
+    for sam in ("sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam_vit_t", "medsam_vit_b",
+                "not_a_model"):
+        assert options_for(sam) == DEFAULT_OPTIONS, sam
+    ours = options_for("litemedsam_points")
+    assert ours == {**DEFAULT_OPTIONS, **MODEL_OPTIONS["litemedsam_points"]}
+    assert ours["pred_iou_thresh"] < 0.88 and ours["stability_score_thresh"] < 0.95
+    # an explicit option wins, even one equal to SAM's default; the others stay the model's
+    mine = options_for("litemedsam_points", {"pred_iou_thresh": "0.88"})
+    assert mine["pred_iou_thresh"] == 0.88
+    assert mine["stability_score_thresh"] == ours["stability_score_thresh"]
+    with pytest.raises(ValueError, match="unknown everything-mode option"):
+        options_for("sam_vit_b", {"nms": 0.5})
 
 
 def _box_iou(a, b):
@@ -123,19 +140,22 @@ def test_one_point_at_a_time_and_batched_decoding_agree(head, click_engine):
 
 def test_everything_on_an_ultrasound_finds_the_head(head, click_engine):
     """litemedsam_points, 8 x 8 grid on HC18 006_HC: with SAM's filters (0.88 / 0.95) this
-    click model keeps nothing (its predicted IoUs and stabilities sit around 0.8-0.9); at
-    0.8 / 0.8 it kept 3 masks, the best with Dice 0.885 against the head (0.896 at 16 x 16)."""
+    click model keeps nothing (its predicted IoUs and stabilities sit around 0.8-0.9); with
+    its own defaults (0.8 / 0.8) it kept 3 masks, the best with Dice 0.885 against the head
+    (0.896 at 16 x 16)."""
     from app.core.benchmark.matching import match_objects
 
     engine = click_engine
     emb = engine.embed(head.image)
-    opts = {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.8}
+    sams = generate_masks(engine.model, emb, 8, None)  # SAM's: 0 masks on the weights of 02:00
+    opts = options_for("litemedsam_points")
     res = generate_masks(engine.model, emb, 8, opts)
     assert res.n_prompts == 64 and res.n_candidates["decoded"] == 192
     assert 1 <= len(res) <= res.n_candidates["stability"]
+    assert len(res) > len(sams)  # why this model has its own defaults
     assert res.masks.shape[1:] == head.image.shape
-    assert (np.diff(res.scores) <= 0).all() and (res.scores > 0.8).all()
-    assert (res.stability >= 0.8).all()
+    assert (np.diff(res.scores) <= 0).all() and (res.scores > opts["pred_iou_thresh"]).all()
+    assert (res.stability >= opts["stability_score_thresh"]).all()
     # after NMS no two kept boxes overlap beyond the threshold
     for i in range(len(res)):
         for j in range(i + 1, len(res)):

@@ -112,8 +112,10 @@ class BenchmarkPlan:
         Everything mode at these points per side (16, 32, 64, 128); empty: no everything mode.
         Rows have ``protocol = f"everything{grid}"``.
     everything_options : dict
-        Overrides of :data:`app.core.everything.DEFAULT_OPTIONS` (the automatic mask
-        generator's filters); :meth:`options` records the complete, effective set.
+        Explicit filters of the automatic mask generator, overriding each model's defaults
+        (:func:`app.core.everything.options_for`: SAM's published ones, or the model's
+        measured :data:`~app.core.everything.MODEL_OPTIONS`); :meth:`options` records them
+        and, under ``everything_effective``, the complete set each method runs with.
     clicks : int or None
         Clicks per iterative run; default 5 for ``paper``, 20 (max) for ``standard``.
     target_iou : float
@@ -246,7 +248,13 @@ class BenchmarkPlan:
         d["grids"] = [int(g) for g in self.grids]
         from app.core.everything import check_options
 
-        d["everything_options"] = check_options(self.everything_options)
+        if self.grids:
+            given = check_options(self.everything_options)
+            d["everything_options"] = {k: given[k] for k in self.everything_options}
+            d["everything_effective"] = everything_options_by_method(self)
+        else:
+            # the form of runs without everything mode since issue 16 (their digest kept)
+            d["everything_options"] = check_options(self.everything_options)
         d["methods"] = list(self.methods)
         d["selections"] = None if self.selections is None else list(self.selections)
         d["datasets"] = None if self.datasets is None else list(self.datasets)
@@ -625,6 +633,26 @@ def _run_clicks(run: _Run, method: Any, state: Any, sample: ImageSample, label: 
     return metrics_rows
 
 
+def everything_options_by_method(plan: BenchmarkPlan) -> dict[str, dict[str, float | int]]:
+    """The filters each registry model of ``plan`` runs everything mode with: its defaults
+    (:func:`app.core.everything.options_for`) under the plan's explicit ones. Methods that are
+    not registry models are left out (everything mode skips them)."""
+    from app.core.everything import options_for
+    from app.core.models.registry import list_models
+
+    models = {s.name for s in list_models()}
+    return {m: options_for(m, plan.everything_options) for m in plan.methods if m in models}
+
+
+def _no_mask_note(result: Any, opts: dict[str, Any]) -> str:
+    """Why an image has no everything-mode mask: the filters and what each one left."""
+    n = result.n_candidates
+    return (f"no mask passed the filters: pred_iou_thresh={opts['pred_iou_thresh']:g}, "
+            f"stability_score_thresh={opts['stability_score_thresh']:g} ({n['decoded']} masks "
+            f"decoded, {n['pred_iou']} passed pred_iou_thresh, {n['stability']} "
+            f"stability_score_thresh, {n['area']} min_mask_region_area)")
+
+
 def everything_skip_reason(method: Any) -> str:
     """Why ``method`` cannot run everything mode ('' when it can)."""
     model = getattr(getattr(method, "engine", None), "model", None)
@@ -666,9 +694,11 @@ def _run_everything(run: _Run, method: Any, state: Any, sample: ImageSample,
                 rows.append(row)
             out[label] = rows
         return out
-    from app.core.everything import generate_masks, label_map
+    from app.core.everything import generate_masks, label_map, options_for
 
-    result = generate_masks(method.engine.model, state, grid, plan.everything_options)
+    opts = options_for(method.name, plan.everything_options)
+    result = generate_masks(method.engine.model, state, grid, opts)
+    note = "" if len(result) else _no_mask_note(result, opts)
     matches = match_objects(result.masks, sample.masks)
     mask_file = None
     for label in labels:
@@ -688,7 +718,7 @@ def _run_everything(run: _Run, method: Any, state: Any, sample: ImageSample,
                            points=json.dumps([[*(int(round(float(v)))
                                                  for v in result.points_xy[m.pred]), 1]]))
             row.update(click=0, selection=sel, boxes="[]", n_calls=result.n_prompts,
-                       seconds=round(result.seconds, 6), prompt_supported=True, note="",
+                       seconds=round(result.seconds, 6), prompt_supported=True, note=note,
                        n_pred=len(result), matched=m.matched, precision=m.precision,
                        recall=m.recall, f1=m.f1)
             if mask_file is None:  # one label map per image and grid, shared by its rows
@@ -1135,6 +1165,7 @@ def plan_from_manifest(out_dir: str | os.PathLike, **changes: Any) -> BenchmarkP
     opts = dict(read_manifest(out_dir).get("options", {}))
     if not opts:
         raise DatasetError(f"{out_dir}: no manifest.json (not a benchmark run folder)")
+    opts.pop("everything_effective", None)  # derived from the methods and everything_options
     for k in ("modes", "protocols", "methods", "grids"):
         opts[k] = tuple(opts.get(k) or ())
     for k in ("selections", "datasets"):
