@@ -289,3 +289,33 @@ def test_cosmos_strategies_are_one_group_per_repeat_with_candidates(toy_pairs, t
     want = c0[(c0["repeat"] == 1) & (c0["selection"] == "oracle")].iloc[0]
     assert len(rows) == 1 and rows[0]["points"] == want["points"]
     assert rows[0]["iou"] == pytest.approx(want["iou"])
+
+
+def test_everything_options_in_the_manifest_round_trip(toy_pairs, tmp_path):
+    """The manifest keeps the explicit everything-mode filters apart from each model's
+    effective set; a plan rebuilt from it (the dock's resume) has the same digest. A plan
+    without everything mode keeps the digest form of earlier runs (full defaults)."""
+    from app.core.benchmark import plan_from_manifest
+    from app.core.everything import DEFAULT_OPTIONS, options_for
+
+    kw = dict(prebuilt_methods={"three": ThreeCandidates()}, modes=(), grids=(16,),
+              everything_options={"box_nms_thresh": "0.5"})
+    out = run_benchmark(_plan(toy_pairs, tmp_path / "o", **kw))
+    options = read_manifest(out)["options"]
+    assert options["everything_options"] == {"box_nms_thresh": 0.5}
+    assert options["everything_effective"] == {}  # "three" is no registry model
+    plan = plan_from_manifest(out, prebuilt_methods={"three": ThreeCandidates()})
+    assert plan.everything_options == {"box_nms_thresh": 0.5}
+    assert plan.digest() == read_manifest(out)["plan_digest"]
+    both = BenchmarkPlan(data=toy_pairs, out_dir=tmp_path / "x", grids=(16,), modes=(),
+                         methods=("litemedsam_points", "sam_vit_b", "region_growing"),
+                         everything_options={"stability_score_thresh": 0.9})
+    eff = both.options()["everything_effective"]
+    assert sorted(eff) == ["litemedsam_points", "sam_vit_b"]
+    assert eff["sam_vit_b"] == {**DEFAULT_OPTIONS, "stability_score_thresh": 0.9}
+    assert eff["litemedsam_points"] == options_for("litemedsam_points",
+                                                   {"stability_score_thresh": 0.9})
+    plain = BenchmarkPlan(data=toy_pairs, out_dir=tmp_path / "y", modes=(1,),
+                          methods=("region_growing",))
+    assert plain.options()["everything_options"] == DEFAULT_OPTIONS
+    assert "everything_effective" not in plain.options()
