@@ -126,7 +126,7 @@ def test_everything_mode_and_cosmos_strategies_end_to_end(shared_data, tmp_path,
     ev = df[df["protocol"] == "everything16"].set_index("selection")
     assert sorted(ev.index) == ["hungarian", "match_dice", "match_iou"]
     assert (ev["click"] == 0).all() and (ev["n_pred"] >= 1).all() and ev["note"].isna().all()
-    assert ev.loc["match_dice", "dice"] > 0.85  # measured 0.896 on 006_HC
+    assert ev.loc["match_dice", "dice"] > 0.85  # measured 0.891 on 006_HC (v2 decoder)
     from app.core.everything import options_for
 
     options = json.loads((out / "manifest.json").read_text())["options"]
