@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.core.benchmark.datasets import ImageSample
+from app.core.benchmark.stats import mean_of_tasks_ci
 
 __all__ = ["evaluate", "summarize", "task_table", "Summary", "mean_of_tasks_ci",
            "case_of", "PrecomputedMethod"]
@@ -180,36 +181,6 @@ def _stats():
     from app.core.benchmark import stats
 
     return stats
-
-
-def mean_of_tasks_ci(values_by_task: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
-                     n_boot: int = 2000, level: float = 0.95,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """The mean over tasks of each task's mean, with a case bootstrap stratified by task.
-
-    Parameters
-    ----------
-    values_by_task : mapping task -> (values, cases)
-        ``values`` float (n,), ``cases`` (n,) the resampling unit of each value.
-
-    Returns
-    -------
-    (estimate, low, high)
-    """
-    rng = np.random.default_rng(seed)
-    est = float(np.mean([np.mean(v) for v, _ in values_by_task.values()]))
-    boots = np.zeros(n_boot)
-    for v, c in values_by_task.values():
-        v = np.asarray(v, float)
-        c = np.asarray(c)
-        uniq, inv = np.unique(c, return_inverse=True)
-        sums = np.bincount(inv, weights=v, minlength=len(uniq))
-        counts = np.bincount(inv, minlength=len(uniq)).astype(float)
-        pick = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))
-        boots += sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
-    boots /= len(values_by_task)
-    alpha = (1 - level) / 2
-    return est, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
 
 
 def _groups(rows: Sequence[Mapping[str, Any]]):

@@ -7,6 +7,8 @@ on per-case mean differences. Everything is seeded (``numpy.random.default_rng(s
 same inputs and seed give the same interval.
 
 * :func:`bootstrap_ci` -- estimate and percentile interval of a statistic, resampling cases.
+* :func:`mean_of_tasks_ci` -- the mean over tasks of each task's mean, cases resampled within
+  each task.
 * :func:`paired_difference` -- mean of ``a - b`` with a case-bootstrap interval and Wilcoxon p.
 * :func:`holm` -- Holm's step-down adjustment of a family of p-values.
 * :func:`spearman_ci` -- Spearman's rho with a case-bootstrap interval and its p-value.
@@ -15,13 +17,14 @@ same inputs and seed give the same interval.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "bootstrap_ci",
+    "mean_of_tasks_ci",
     "paired_difference",
     "holm",
     "spearman_ci",
@@ -303,3 +306,33 @@ def spearman_ci(x: Any, y: Any, cases: Any, *, n_boot: int = N_BOOT, level: floa
             boot.append(r)
     res["low"], res["high"] = _interval(np.concatenate(boot), level)
     return res
+
+
+def mean_of_tasks_ci(values_by_task: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
+                     n_boot: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """The mean over tasks of each task's mean, with a case bootstrap stratified by task.
+
+    Parameters
+    ----------
+    values_by_task : mapping task -> (values, cases)
+        ``values`` float (n,), ``cases`` (n,) the resampling unit of each value.
+
+    Returns
+    -------
+    (estimate, low, high)
+    """
+    rng = np.random.default_rng(seed)
+    est = float(np.mean([np.mean(v) for v, _ in values_by_task.values()]))
+    boots = np.zeros(n_boot)
+    for v, c in values_by_task.values():
+        v = np.asarray(v, float)
+        c = np.asarray(c)
+        uniq, inv = np.unique(c, return_inverse=True)
+        sums = np.bincount(inv, weights=v, minlength=len(uniq))
+        counts = np.bincount(inv, minlength=len(uniq)).astype(float)
+        pick = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))
+        boots += sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    boots /= len(values_by_task)
+    alpha = (1 - level) / 2
+    return est, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
