@@ -666,8 +666,13 @@ class SegmentDock(QWidget):
         current = self.controller.model_choice or self.model_combo.currentData()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        self.model_combo.addItem("Automatic — boxes: LiteMedSAM, clicks: LiteMedSAM (points)",
-                                 AUTO_MODEL)
+        # short enough to read in full in the dock at the opening size (tested); the text
+        # under the combo says which decoder answers what
+        self.model_combo.addItem("Automatic — clicks to the click-tuned model", AUTO_MODEL)
+        self.model_combo.setItemData(
+            0, "Boxes go to LiteMedSAM; clicks (alone, or with a box or a previous mask) go to "
+               "LiteMedSAM (points), its decoder fine-tuned for clicks.",
+            Qt.ItemDataRole.ToolTipRole)
         for spec in list_models():
             status = model_status(spec.name)
             mark = "✓ " + status if status != "not downloaded" else "needs download"

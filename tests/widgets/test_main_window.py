@@ -137,3 +137,30 @@ def test_window_opens_at_screen_size_with_the_image_fitted(qtbot, monkeypatch, t
     finally:
         win.segment_dock.controller.discard_unsaved()
         win.close()
+
+
+def test_the_model_choice_reads_in_full_at_the_opening_size(qtbot, monkeypatch, tmp_path):
+    """At 1600x1000 the combo showed 'Automatic — boxes: LiteMedSAM, clicks: LiteMedSAM': the
+    end that says clicks go to the click-tuned decoder was cut off."""
+    from qtpy.QtWidgets import QStyle, QStyleOptionComboBox
+
+    from app.widgets.main_window import create_main_window
+
+    monkeypatch.setenv("SAMSCOPE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # a first launch
+    win = create_main_window(show=True)  # no resize: the size a user meets
+    try:
+        qtbot.waitUntil(win.qt_window.isVisible, timeout=10_000)
+        qtbot.wait(200)
+        combo = win.segment_dock.model_combo
+        opt = QStyleOptionComboBox()
+        combo.initStyleOption(opt)
+        field = combo.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, opt,
+                                             QStyle.SubControl.SC_ComboBoxEditField, combo)
+        shown = combo.currentText()
+        assert "click" in shown.lower()
+        assert combo.fontMetrics().horizontalAdvance(shown) <= field.width(), (
+            f"{shown!r} needs {combo.fontMetrics().horizontalAdvance(shown)} px, "
+            f"the combo shows {field.width()}")
+    finally:
+        win.close()
