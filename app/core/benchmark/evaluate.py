@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.core.benchmark.datasets import ImageSample
-from app.core.benchmark.stats import mean_of_tasks_ci
+from app.core.benchmark.stats import case_key, mean_of_tasks_ci
 
 __all__ = ["evaluate", "summarize", "task_table", "Summary", "mean_of_tasks_ci",
            "case_of", "PrecomputedMethod"]
@@ -33,8 +33,7 @@ __all__ = ["evaluate", "summarize", "task_table", "Summary", "mean_of_tasks_ci",
 def case_of(row: Mapping[str, Any]) -> str:
     """The resampling unit of a results row: its dataset and case (slices of a volume share
     one), as ``"dataset/case"``."""
-    case = str(row["case"]).split(":z")[0]
-    return f"{row['dataset']}/{case}"
+    return case_key(row["dataset"], row["case"])
 
 
 class PrecomputedMethod:

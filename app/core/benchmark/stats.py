@@ -17,6 +17,7 @@ same inputs and seed give the same interval.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "holm",
     "spearman_ci",
     "case_ids",
+    "case_key",
     "N_BOOT",
     "LEVEL",
 ]
@@ -41,13 +43,22 @@ LEVEL = 0.95
 _CHUNK_ELEMENTS = 4_000_000
 
 
+#: the suffix the runner gives a slice of a volume (``<case>:z<k>``, see ``ImageSample``)
+_SLICE_SUFFIX = r":z\d+$"
+
+
+def case_key(dataset: Any, case: Any) -> str:
+    """The case of one results row, ``"<dataset>/<case>"``: a slice's ``:z<k>`` dropped."""
+    return f"{dataset}/{re.sub(_SLICE_SUFFIX, '', str(case))}"
+
+
 def case_ids(df) -> np.ndarray:
-    """One case key per row of a results table: ``"<dataset>/<case>"`` (object array).
+    """One case key per row of a results table: :func:`case_key` of each row (object array).
 
     A case is a patient/volume/image of one dataset; slices of one volume share it (the
     runner names a slice ``<case>:z<k>``; the suffix is dropped here).
     """
-    case = df["case"].astype(str).str.replace(r":z\d+$", "", regex=True)
+    case = df["case"].astype(str).str.replace(_SLICE_SUFFIX, "", regex=True)
     return (df["dataset"].astype(str) + "/" + case).to_numpy(object)
 
 

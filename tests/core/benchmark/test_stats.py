@@ -219,3 +219,17 @@ def test_spearman_fast_path_keeps_ranks_and_agrees_with_reranking():
     xb = rng.uniform(0, 1, big.size)
     r = spearman_ci(xb, xb + rng.normal(0, 1, big.size), big, n_boot=2000)
     assert r["low"] < r["rho"] < r["high"]
+
+
+def test_one_case_rule_for_tables_and_rows():
+    """The report (tables) and fine-tuning's evaluation (dict rows) resample the same cases:
+    a slice's ':z<k>' is dropped, a ':z' inside a case's own name is kept."""
+    import pandas as pd
+
+    from app.core.benchmark.evaluate import case_of
+    from app.core.benchmark.stats import case_ids
+
+    rows = [{"dataset": "ct", "case": c} for c in
+            ("liver:zone2", "liver:zone2:z0", "liver:zone2:z14", "p07", "p07:z3")]
+    assert list(case_ids(pd.DataFrame(rows))) == [case_of(r) for r in rows] == [
+        "ct/liver:zone2", "ct/liver:zone2", "ct/liver:zone2", "ct/p07", "ct/p07"]
