@@ -1,20 +1,26 @@
-"""Exported graphs of a SAM-family network, run by ONNX Runtime.
+"""Exported graphs of a SAM-family network, run by ONNX Runtime (or OpenVINO, :mod:`._openvino`).
 
-Two graphs per network, exported from the weights in memory on first use (never at import)
-into ``<user cache>/exports``, one file per weights digest, so that a second run, and every
+Three graphs per network, exported from the weights in memory on first use (never at import)
+into ``<user cache>/exports``, named by the weights' digest, so that a second run, and every
 model sharing those weights (a fine-tuned decoder keeps its base's image encoder), finds them:
 
-``encoder-<digest>-<S>.onnx``
+``encoder-<digest>-<S>-v<N>.onnx``
     image (1, 3, S, S) float32 -> features (1, 256, 64, 64).
-``decoder-<digest>-<S>.onnx``
-    prompt encoder + mask decoder: features, point_coords (1, P, 2) in model-input pixels,
-    point_labels (1, P) (1 object, 0 background, 2/3 box corners, -1 padding), mask_input
-    (1, 1, 256, 256), has_mask_input (1,) -> low-res logits (1, 4, 256, 256) and predicted IoU
-    (1, 4) for all four outputs; the caller takes output 0 (single mask) or 1..3 (multimask),
-    as segment-anything's ``MaskDecoder.forward`` does.
+``prepare-<digest>-<S>-v<N>.onnx``
+    the decoder's per-image work: features, mask_input (1, 1, 256, 256), has_mask_input (1,)
+    -> the first transformer layer's image-side projections
+    (:class:`~app.core.models._decoder_graphs.PrepareImage`). Without a mask input it runs
+    once per embedding, not per click.
+``click-<digest>-<S>-v<N>.onnx``
+    the rest of prompt encoder + mask decoder: those projections, point_coords (1, P, 2) in
+    model-input pixels, point_labels (1, P) (1 object, 0 background, 2/3 box corners, -1
+    padding) -> low-res logits (1, 4, 256, 256) and predicted IoU (1, 4) for all four
+    outputs; the caller takes output 0 (single mask) or 1..3 (multimask), as
+    segment-anything's ``MaskDecoder.forward`` does.
 
 Points and boxes are encoded exactly as segment-anything's ``PromptEncoder`` does (box
-corners are points with labels 2 and 3; without a box one padding point is appended).
+corners are points with labels 2 and 3; without a box one padding point is appended). Each
+export is run against segment-anything's own modules before it is kept.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ __all__ = [
 ]
 
 #: bump when the exported graphs' inputs/outputs or the wrapper code change
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 #: set $SAMSCOPE_ORT_THREADS to fix ONNX Runtime's intra-op threads for both graphs
 ORT_THREADS_ENV = "SAMSCOPE_ORT_THREADS"
 
@@ -99,75 +105,59 @@ def _cores() -> int:
 
 
 def ort_threads(part: str) -> int:
-    """ONNX Runtime intra-op threads for ``part``.
+    """Intra-op threads of an exported graph: every core (``$SAMSCOPE_ORT_THREADS`` overrides).
 
-    The encoder runs in a background worker while the user waits for the slice: all cores.
-    The decoder runs per click while Qt paints: the same count as torch (cores - 1 by default,
-    see :func:`app.core.engine.configure_torch_threads`). Threads do not spin when idle.
-    ``$SAMSCOPE_ORT_THREADS`` overrides both.
+    The encoder runs in a background worker while the user waits for the slice, a click's
+    graphs while the user waits for its masks. Unlike torch's OpenMP pool (which, given every
+    core, collapsed when Qt needed one: see :func:`app.core.engine.configure_torch_threads`),
+    ONNX Runtime's threads do not spin here: on two cores with one of them kept busy, two
+    threads decoded a click no slower than one (52 vs 58 ms p50), and idle in 41 vs 58 ms.
     """
     env = os.environ.get(ORT_THREADS_ENV)
     if env:
         return max(1, int(env))
-    if part == "encoder":
-        return _cores()
-    import torch
-
-    return max(1, torch.get_num_threads())
+    return _cores()
 
 
-def _decoder_module(net):
-    """prompt encoder + mask decoder as one module with array inputs (see the module doc)."""
-    import torch
-
-    class _PromptDecoder(torch.nn.Module):
-        def __init__(self, net) -> None:
-            super().__init__()
-            self.pe = net.prompt_encoder
-            self.md = net.mask_decoder
-            self.register_buffer("image_pe", net.prompt_encoder.get_dense_pe().detach().clone())
-            h, w = net.prompt_encoder.input_image_size
-            self.register_buffer("size_wh", torch.tensor([float(w), float(h)]))
-
-        def forward(self, image_embeddings, point_coords, point_labels, mask_input,
-                    has_mask_input):
-            pe = self.pe
-            emb = pe.pe_layer._pe_encoding((point_coords + 0.5) / self.size_wh)
-            lab = point_labels.unsqueeze(-1)
-            emb = emb * (lab != -1).to(emb.dtype)
-            emb = emb + pe.not_a_point_embed.weight * (lab == -1).to(emb.dtype)
-            for i in range(pe.num_point_embeddings):
-                emb = emb + pe.point_embeddings[i].weight * (lab == i).to(emb.dtype)
-            no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
-            dense = (has_mask_input * pe.mask_downscaling(mask_input)
-                     + (1 - has_mask_input) * no_mask)
-            return self.md.predict_masks(
-                image_embeddings=image_embeddings, image_pe=self.image_pe,
-                sparse_prompt_embeddings=emb, dense_prompt_embeddings=dense)
-
-    return _PromptDecoder(net).eval()
-
-
-def _decoder_inputs(features, coords, labels, box, mask):
-    """Arrays for the decoder graph for one prediction (one box at most)."""
+def _prompt_arrays(coords, labels, box):
+    """point_coords (1, P, 2) and point_labels (1, P) for one prediction (one box at most),
+    as segment-anything's ``PromptEncoder`` builds them: box corners are points labelled 2
+    and 3; without a box, one padding point (label -1) is appended."""
     pts = [] if coords is None else [np.asarray(coords, np.float32).reshape(-1, 2)]
     lab = [] if labels is None else [np.asarray(labels, np.float32).reshape(-1)]
     if box is not None:
         pts.append(np.asarray(box, np.float32).reshape(2, 2))
         lab.append(np.array([2.0, 3.0], np.float32))
-    elif coords is not None:  # segment-anything pads point-only prompts with a non-point
+    elif coords is not None:
         pts.append(np.zeros((1, 2), np.float32))
         lab.append(np.array([-1.0], np.float32))
     p = np.concatenate(pts) if pts else np.zeros((0, 2), np.float32)
     q = np.concatenate(lab) if lab else np.zeros((0,), np.float32)
-    return {
-        "image_embeddings": features,
-        "point_coords": p[None],
-        "point_labels": q[None],
-        "mask_input": (np.zeros((1, 1, 256, 256), np.float32) if mask is None
-                       else np.asarray(mask, np.float32).reshape(1, 1, 256, 256)),
-        "has_mask_input": np.array([0.0 if mask is None else 1.0], np.float32),
-    }
+    return p[None], q[None]
+
+
+def _mask_arrays(mask):
+    """mask_input (1, 1, 256, 256) and has_mask_input (1,) for the per-image graph."""
+    if mask is None:
+        return np.zeros((1, 1, 256, 256), np.float32), np.zeros(1, np.float32)
+    return np.asarray(mask, np.float32).reshape(1, 1, 256, 256), np.ones(1, np.float32)
+
+
+def _reference_decode(net, feats, coords, labels, box, mask):
+    """segment-anything's own path (``PromptEncoder`` + ``MaskDecoder.predict_masks``): what
+    the graphs must reproduce. Arrays in model-input pixels, any of them ``None``."""
+    import torch
+
+    def t(a):
+        return torch.from_numpy(np.asarray(a, np.float32))
+
+    points = None if coords is None else (t(coords)[None], t(labels)[None].to(torch.int64))
+    masks = None if mask is None else t(mask).reshape(1, 1, 256, 256)
+    boxes = None if box is None else t(box).reshape(1, 4)
+    sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=masks)
+    return net.mask_decoder.predict_masks(
+        image_embeddings=feats, image_pe=net.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
 
 
 def _as_numpy(features) -> np.ndarray:
@@ -185,18 +175,23 @@ class OnnxRuntime:
     on_status : callable (str), optional
         Told when a graph is exported (it takes seconds) and where it was found.
     strict : bool
-        ``False`` (backend ``"auto"``): when onnxruntime is missing or an export fails, say so
+        ``False`` (backend ``"auto"``): when the runtime is missing or an export fails, say so
         through ``on_status`` and run torch instead. ``True``: raise
         :class:`BackendUnavailableError`.
     """
 
     name = "onnx"
+    #: what to install when the runtime's package is missing
+    package = "onnxruntime"
+    #: per-image graph outputs kept (each ~10 MiB: the slices a user moves between)
+    PREPARED_CACHE = 4
 
     def __init__(self, *, on_status: Callable[[str], None] | None = None,
                  strict: bool = False) -> None:
         self.on_status = on_status
         self.strict = strict
-        self._sessions: dict[str, tuple[tuple, object, str]] = {}
+        self._sessions: dict[str, tuple[tuple, Callable, str]] = {}
+        self._prepared: list[tuple[object, Callable, np.ndarray | None, list]] = []
         self.failed: str | None = None
         self.exported: list[str] = []  # graph files this runtime exported (not found)
 
@@ -206,42 +201,57 @@ class OnnxRuntime:
 
     # --- graphs ---------------------------------------------------------------------------
     def graph_path(self, model, part: str) -> Path:
-        digest = model.weights_digest(part)
+        """``<cache>/exports/<part>-<weights digest>-<input size>-v<version>.onnx``."""
+        digest = model.weights_digest("encoder" if part == "encoder" else "decoder")
         size = model.preprocessing.input_size
         return exports_dir() / f"{part}-{digest[:24]}-{size}-v{EXPORT_VERSION}.onnx"
 
-    def _session(self, model, part: str):
-        from app.core.models._onnx import module_stamp
+    def _open(self, path: Path, part: str) -> Callable[[dict], list]:
+        """Load one graph; returns ``run(inputs) -> outputs`` (raises if the file is bad)."""
+        import onnxruntime as ort
 
-        stamp = module_stamp(model._parts(part))
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = ort_threads(part)
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return lambda inputs: sess.run(None, inputs)
+
+    def _available(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec(self.package) is None:
+            raise BackendUnavailableError(
+                f"the {self.name} backend needs {self.package} (pip install {self.package})")
+
+    def _session(self, model, part: str) -> Callable[[dict], list]:
+        stamp = module_stamp(model._parts("encoder" if part == "encoder" else "decoder"))
         hit = self._sessions.get(part)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        try:
-            import onnxruntime as ort
-        except ModuleNotFoundError:
-            raise BackendUnavailableError(
-                "the onnx backend needs onnxruntime (pip install onnxruntime)") from None
-        path = self.graph_path(model, part)
+        self._available()
+        parts = ("encoder",) if part == "encoder" else DECODER_PARTS
         with _EXPORT_LOCK:
-            if not path.is_file():
-                self._export(model, part, path)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = ort_threads(part)
-            so.inter_op_num_threads = 1
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            paths = {p: self.graph_path(model, p) for p in parts}
+            if not all(path.is_file() for path in paths.values()):
+                self._export(model, part, paths)
             try:
-                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                runs = {p: self._open(path, p) for p, path in paths.items()}
             except Exception as exc:  # noqa: BLE001 - a damaged file: export it again
-                self._say(f"{path.name} could not be loaded ({exc}); exporting it again")
-                path.unlink(missing_ok=True)
-                self._export(model, part, path)
-                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self._sessions[part] = (stamp, sess, str(path))
-        return sess
+                self._say(f"{paths[part].name} could not be loaded ({exc}); exporting it again")
+                for path in paths.values():
+                    path.unlink(missing_ok=True)
+                self._export(model, part, paths)
+                runs = {p: self._open(path, p) for p, path in paths.items()}
+        for p, run in runs.items():
+            self._sessions[p] = (stamp, run, str(paths[p]))
+        return runs[part]
 
-    def _export(self, model, part: str, path: Path) -> None:
+    def _export(self, model, part: str, paths: dict[str, Path]) -> None:
+        """Export the encoder, or both decoder graphs, checked against torch; each file is
+        renamed into place only when complete (a reader never sees half a graph)."""
+        import copy
         import warnings
 
         import torch
@@ -250,67 +260,71 @@ class OnnxRuntime:
         self._say(f"Exporting {model.name} {what} to ONNX (once for these weights)...")
         t0 = time.perf_counter()
         net = model.net
+        if next(net.parameters()).device.type != "cpu":  # the graphs run on the CPU
+            net = copy.deepcopy(net).cpu()
         size = model.preprocessing.input_size
-        cpu = next(net.parameters()).device.type == "cpu"
-        if part == "encoder":
-            module = net.image_encoder
-            example = (torch.rand(1, 3, size, size),)
-            names_in, names_out = ["image"], ["features"]
-            dynamic = None
-        else:
-            module = _decoder_module(net)
-            feats = torch.randn(1, 256, 64, 64)
-            # a point, a box and a mask: every input takes part in the trace
-            ex = _decoder_inputs(feats.numpy(), np.array([[size * 0.4, size * 0.5]]),
-                                 np.array([1]), np.array([size * 0.2, size * 0.3,
-                                                          size * 0.7, size * 0.8]),
-                                 np.random.default_rng(0).normal(size=(256, 256)))
-            example = tuple(torch.from_numpy(np.asarray(v)) for v in ex.values())
-            names_in, names_out = list(ex), ["low_res_logits", "iou_predictions"]
-            dynamic = {"point_coords": {1: "n_points"}, "point_labels": {1: "n_points"}}
-        if not cpu:  # export from a CPU copy: the graph runs on the CPU
-            import copy
-
-            module = copy.deepcopy(module).cpu()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
-        os.close(fd)
+        graphs = _encoder_graphs(net, size) if part == "encoder" else _decoder_graphs(net, size)
+        tmps: dict[str, str] = {}
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module.eval(), example, tmp, dynamo=False, opset_version=17,
-                                  input_names=names_in, output_names=names_out,
-                                  dynamic_axes=dynamic, do_constant_folding=True)
-            self._check(module, example, names_in, tmp)
-            os.replace(tmp, path)  # atomic: a concurrent reader sees no half-written file
+            for p, (module, example, names_in, names_out, dynamic) in graphs.items():
+                path = paths[p]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmps[p] = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx",
+                                               dir=path.parent)
+                os.close(fd)
+                with warnings.catch_warnings(), torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(module, example, tmps[p], dynamo=False, opset_version=17,
+                                      input_names=names_in, output_names=names_out,
+                                      dynamic_axes=dynamic, do_constant_folding=True)
+            self._check(net, part, {p: self._open(Path(t), p) for p, t in tmps.items()}, size)
+            for p, tmp in tmps.items():
+                os.replace(tmp, paths[p])
         except BackendUnavailableError:
             raise
         except Exception as exc:
             raise BackendUnavailableError(
                 f"exporting the {what} of {model.name!r} to ONNX failed: {exc}") from exc
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        self.exported.append(str(path))
-        self._say(f"Exported {model.name} {what} in {time.perf_counter() - t0:.1f} s: {path}")
+            for tmp in tmps.values():
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        self.exported.extend(str(paths[p]) for p in graphs)
+        self._say(f"Exported {model.name} {what} in {time.perf_counter() - t0:.1f} s: "
+                  f"{paths[part].parent}")
 
     @staticmethod
-    def _check(module, example, names_in, tmp) -> None:
-        """The exported graph must reproduce the module on the example (else: refuse it)."""
-        import onnxruntime as ort
+    def _check(net, part: str, runs: dict[str, Callable], size: int) -> None:
+        """The exported graphs, run by this runtime, must reproduce segment-anything's own
+        modules on an example (else: refuse them)."""
         import torch
 
-        with torch.inference_mode():
-            ref = module(*example)
-        ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-        sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        got = sess.run(None, {n: t.numpy() for n, t in zip(names_in, example)})
-        for r, g in zip(ref, got):
-            r = r.float().numpy()
-            err = float(np.max(np.abs(r - g)))
-            if err > 1e-3 * max(1.0, float(np.max(np.abs(r)))):
-                raise BackendUnavailableError(
-                    f"the exported graph differs from the network by {err:.3g}; not using it")
+        rng = np.random.default_rng(0)
+        cases = []
+        if part == "encoder":
+            image = rng.random((1, 3, size, size), dtype=np.float32)
+            with torch.inference_mode():
+                ref = net.image_encoder(torch.from_numpy(image))
+            cases.append(([ref], runs["encoder"]({"image": image})))
+        else:
+            feats = rng.normal(size=(1, 256, 64, 64)).astype(np.float32)
+            point = np.array([[size * 0.4, size * 0.5], [size * 0.1, size * 0.2]], np.float32)
+            box = np.array([size * 0.2, size * 0.3, size * 0.7, size * 0.8], np.float32)
+            mask = rng.normal(size=(256, 256)).astype(np.float32)
+            for coords, labels, b, m in ((point, np.array([1, 0]), None, None),
+                                         (point[:1], np.array([1]), box, mask),
+                                         (None, None, box, None)):
+                with torch.inference_mode():
+                    ref = _reference_decode(net, torch.from_numpy(feats), coords, labels, b, m)
+                got = _run_decoder(runs, feats, coords, labels, b, m)
+                cases.append((list(ref), got))
+        for ref, got in cases:
+            for r, g in zip(ref, got):
+                r = r.float().numpy()
+                err = float(np.max(np.abs(r - g)))
+                if err > 1e-3 * max(1.0, float(np.max(np.abs(r)))):
+                    raise BackendUnavailableError(
+                        f"the exported graph differs from the network by {err:.3g}; not using it")
 
     # --- running --------------------------------------------------------------------------
     def _fallback(self, model, exc: Exception) -> None:
@@ -322,27 +336,103 @@ class OnnxRuntime:
 
     def encode(self, model, batch: np.ndarray):
         try:
-            sess = self._session(model, "encoder")
+            run = self._session(model, "encoder")
         except BackendUnavailableError as exc:
             self._fallback(model, exc)
             return model._encode(batch[0])
-        return sess.run(None, {"image": np.ascontiguousarray(batch, np.float32)})[0]
+        return run({"image": np.ascontiguousarray(batch, np.float32)})[0]
+
+    def _prepare(self, prepare, features, mask) -> list:
+        """The per-image graph's outputs, kept for the last few (embedding, mask input) pairs:
+        a user's clicks on one slice, or on one accepted object being refined (its logits fed
+        back unchanged), run it once. An entry answers only the same ``features`` object and
+        an equal mask input."""
+        for i, (feats, run, kept_mask, out) in enumerate(self._prepared):
+            if feats is features and run is prepare and (
+                    (mask is None and kept_mask is None) or (
+                        mask is not None and kept_mask is not None
+                        and np.array_equal(kept_mask, mask))):
+                self._prepared.append(self._prepared.pop(i))  # most recent last
+                return out
+        out = prepare(_prepare_inputs(_as_numpy(features), mask))
+        # holding ``features`` and ``prepare`` keeps them alive: no stale identity matches
+        kept = None if mask is None else np.array(mask, np.float32, copy=True)
+        self._prepared.append((features, prepare, kept, out))
+        del self._prepared[:-self.PREPARED_CACHE]
+        return out
 
     def decode(self, model, features, coords, labels, boxes, mask, multimask: bool):
         """As :meth:`SamFamilyModel._decode_net`; ``None`` hands the prompt to torch."""
         if coords is None and boxes is None:
             return None  # a mask alone: zero prompt tokens, which the graph does not take
         try:
-            sess = self._session(model, "decoder")
+            prepare = self._session(model, "prepare")
+            click = self._session(model, "click")
         except BackendUnavailableError as exc:
             self._fallback(model, exc)
             return None
-        feats = _as_numpy(features)
+        prepared = self._prepare(prepare, features, mask)
         sl = slice(1, None) if multimask else slice(0, 1)
         lows, ious = [], []
         for box in ([None] if boxes is None else boxes):
-            low, iou = sess.run(None, _decoder_inputs(feats, coords, labels, box, mask))
+            low, iou = click(_click_inputs(prepared, coords, labels, box))
             lows.append(low[0, sl])
             ious.append(iou[0, sl])
         return (np.ascontiguousarray(np.concatenate(lows), np.float32),
                 np.concatenate(ious).astype(np.float32))
+
+
+#: the two decoder graphs (see :mod:`app.core.models._decoder_graphs`)
+DECODER_PARTS = ("prepare", "click")
+
+
+def _prepare_inputs(feats: np.ndarray, mask) -> dict:
+    mask_input, has_mask = _mask_arrays(mask)
+    return {"image_embeddings": feats, "mask_input": mask_input, "has_mask_input": has_mask}
+
+
+def _click_inputs(prepared: list, coords, labels, box) -> dict:
+    from app.core.models._decoder_graphs import PREPARED
+
+    pts, lab = _prompt_arrays(coords, labels, box)
+    return {**dict(zip(PREPARED, prepared)), "point_coords": pts, "point_labels": lab}
+
+
+def _run_decoder(runs: dict, feats, coords, labels, box, mask) -> list:
+    """All four outputs of the two decoder graphs for one prediction."""
+    prepared = runs["prepare"](_prepare_inputs(feats, mask))
+    return runs["click"](_click_inputs(prepared, coords, labels, box))
+
+
+def _encoder_graphs(net, size: int) -> dict:
+    """{part: (module, example inputs, input names, output names, dynamic axes)}."""
+    import torch
+
+    return {"encoder": (net.image_encoder.eval(), (torch.rand(1, 3, size, size),),
+                        ["image"], ["features"], None)}
+
+
+def _decoder_graphs(net, size: int) -> dict:
+    import torch
+
+    from app.core.models._decoder_graphs import PREPARED, DecodeClick, PrepareImage
+
+    prepare, click = PrepareImage(net), DecodeClick(net)
+    feats = torch.randn(1, 256, 64, 64)
+    mask_input, has_mask = (torch.from_numpy(a) for a in _mask_arrays(
+        np.random.default_rng(0).normal(size=(256, 256))))
+    ex_prepare = (feats, mask_input, has_mask)
+    with torch.no_grad():
+        prepared = prepare(*ex_prepare)
+    # a point and a box: every prompt input takes part in the trace
+    pts, lab = (torch.from_numpy(a) for a in _prompt_arrays(
+        np.array([[size * 0.4, size * 0.5]]), np.array([1]),
+        np.array([size * 0.2, size * 0.3, size * 0.7, size * 0.8])))
+    n_points = {1: "n_points"}
+    return {
+        "prepare": (prepare, ex_prepare, ["image_embeddings", "mask_input", "has_mask_input"],
+                    list(PREPARED), None),
+        "click": (click, (*prepared, pts, lab), [*PREPARED, "point_coords", "point_labels"],
+                  ["low_res_logits", "iou_predictions"],
+                  {"point_coords": n_points, "point_labels": n_points}),
+    }

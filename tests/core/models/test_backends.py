@@ -114,7 +114,7 @@ def test_export_happens_once_per_weights_digest(export_cache, cases):
     model.predict(model.embed(image), Prompt.from_box(mask_to_box_xyxy(gt)))
     graphs = sorted(p.name for p in (export_cache / "exports").glob("*.onnx"))
     assert any(g.startswith("encoder-") for g in graphs)
-    assert any(g.startswith("decoder-") for g in graphs)
+    assert any(g.startswith("prepare-") for g in graphs) and any(g.startswith("click-") for g in graphs)
     # a second load finds the graphs (the test above or the line before exported them)
     again: list[str] = []
     model2 = load_model("litemedsam", device="cpu", backend="onnx", on_status=again.append)
@@ -162,7 +162,7 @@ def test_changed_weights_are_exported_again(export_cache):
             a, b = ref.predict(e_ref, prompt), model.predict(e, prompt)
             assert len(a) == 3
             _assert_same(a, b, f"tiny SAM step {step}")
-    assert len(model._runtime.exported) == 3  # encoder, decoder, changed decoder
+    assert len(model._runtime.exported) == 5  # encoder, decoder pair, changed decoder pair
 
 
 def test_backend_names_and_auto():
@@ -175,3 +175,46 @@ def test_backend_names_and_auto():
         resolve_backend("tensorrt", "cpu")
     with pytest.raises(ValueError, match="runs on the CPU"):
         resolve_backend("onnx", "cuda")
+
+
+def test_per_image_work_runs_once_per_slice_and_never_goes_stale(cases, export_cache):
+    """Clicks on one embedding run the decoder's per-image graph once; a changed mask input
+    (even the same array changed in place) or another slice runs it again."""
+    from app.core.models.registry import load_model
+
+    torch_model = load_model("litemedsam", device="cpu", backend="torch")
+    model = load_model("litemedsam", device="cpu", backend="onnx")
+    (image, gt), (image2, gt2) = cases
+    emb, emb_t = model.embed(image), torch_model.embed(image)
+    box = mask_to_box_xyxy(gt)
+    model.predict(emb, Prompt.from_box(box))  # opens both decoder graphs
+    rt = model._runtime
+    stamp, prepare, path = rt._sessions["prepare"]
+    calls = []
+
+    def counting(inputs):
+        calls.append(bool(inputs["has_mask_input"][0]))
+        return prepare(inputs)
+
+    rt._sessions["prepare"] = (stamp, counting, path)
+    rt._prepared.clear()
+    ys, xs = np.nonzero(gt)
+    for i in range(0, len(xs), len(xs) // 5)[:5]:
+        model.predict(emb, Prompt(points_xy=[[xs[i], ys[i]]], point_labels=[1], box_xyxy=box))
+    assert calls == [False], "five clicks on one slice: the per-image graph ran once"
+
+    logits = torch_model.predict(emb_t, Prompt.from_box(box), multimask=False).low_res_logits[0]
+    feed = logits.copy()
+    for _ in range(2):  # refining one object: its logits fed back unchanged
+        _assert_same(torch_model.predict(emb_t, Prompt(box_xyxy=box, mask_logits=logits)),
+                     model.predict(emb, Prompt(box_xyxy=box, mask_logits=feed)), "refine")
+    assert calls == [False, True]
+    feed *= -1  # the same array, changed in place: not the answer kept for it
+    _assert_same(torch_model.predict(emb_t, Prompt(box_xyxy=box, mask_logits=-logits)),
+                 model.predict(emb, Prompt(box_xyxy=box, mask_logits=feed)), "changed mask")
+    assert calls == [False, True, True]
+    # another slice, then back: each embedding has its own entry
+    emb2 = model.embed(image2)
+    model.predict(emb2, Prompt.from_box(mask_to_box_xyxy(gt2)))
+    model.predict(emb, Prompt.from_box(box))
+    assert calls == [False, True, True, False]
