@@ -31,7 +31,7 @@ from app.core.benchmark.figures import (
     fig_size,
     save_figure,
 )
-from app.core.benchmark.results import load_results, parquet_current, read_manifest
+from app.core.benchmark.results import load_results, read_manifest
 
 __all__ = ["summarize", "noc_table", "analysis_tables", "write_report", "NOC_THRESHOLDS",
            "ANALYSIS_COLUMNS", "FILE_COLUMNS"]
@@ -231,25 +231,17 @@ def file_rows(out_dir: str | os.PathLike, df):
     """The rows of ``df`` (a projected :func:`load_results` of ``out_dir``, its default index)
     that name a saved mask or candidate file, with :data:`FILE_COLUMNS` added.
 
-    Streams the table ``_CHUNK_ROWS`` rows at a time (Parquet batches when it is current, else
-    CSV chunks), keeping only those rows: a run without saved masks costs nothing to hold.
+    Streams the table ``_CHUNK_ROWS`` rows at a time (:func:`~.results.iter_result_frames`:
+    the trusted Parquet parts, then the CSV's rows after them), keeping only those rows: a run
+    without saved masks costs nothing to hold.
     """
     import pandas as pd
 
-    from app.core.benchmark.results import _TEXT_FILLED
+    from app.core.benchmark.results import _TEXT_FILLED, iter_result_frames
 
     out = Path(out_dir)
     keep = []
-    pq_path = parquet_current(out)
-    if pq_path is not None:
-        import pyarrow.parquet as pq
-
-        f = pq.ParquetFile(pq_path)
-        cols = [c for c in f.schema_arrow.names if c in FILE_COLUMNS]
-        chunks = (b.to_pandas() for b in f.iter_batches(batch_size=_CHUNK_ROWS, columns=cols))
-    else:
-        chunks = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False,
-                             usecols=lambda c: c in FILE_COLUMNS, chunksize=_CHUNK_ROWS)
+    chunks = iter_result_frames(out, FILE_COLUMNS, _CHUNK_ROWS)
     start = 0
     for chunk in chunks:
         chunk.index = pd.RangeIndex(start, start + len(chunk))

@@ -17,7 +17,11 @@ A run folder ``OUT`` holds:
   ``candidate_scores`` (JSON list of the K predicted IoUs, null for NaN) and, when masks are
   kept, ``candidates_file`` (JSON list of the K candidate PNGs, relative to the run folder).
 * ``results.parquet`` -- the same table, written when a run ends, before the manifest says
-  ``complete``.
+  ``complete``, when it has fewer than :data:`PARQUET_PART_ROWS` rows; a larger table is split
+  into ``results.parts/part-NNNNNN.parquet`` of that many rows, written as the run goes.
+  ``parquet.json`` lists which byte range of ``results.csv`` each file holds and its CRC-32; a
+  reader uses a file only while that range still has that CRC, and reads the rows after the
+  last such file from the CSV (:mod:`app.core.benchmark._parquet`).
 * ``manifest.json`` -- versions, checkpoint hashes, seed and options, start/end times, status
   (``running``/``complete``/``interrupted``), embedding statistics.
 * ``skipped.csv`` -- files that could not be used and why.
@@ -37,13 +41,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from app.core.errors import DatasetError, RunFolderError, WriteError
-from app.core.io._atomic import append_durable, describe_os_error, write_bytes_atomic
+from app.core.benchmark import _parquet
+from app.core.errors import DatasetError, RunFolderError
+from app.core.io._atomic import append_durable, write_bytes_atomic
 
 __all__ = [
     "COLUMNS",
     "GROUP_KEY",
+    "PARQUET_PART_ROWS",
     "ResultsStore",
+    "iter_result_frames",
     "load_results",
     "open_case",
     "read_manifest",
@@ -61,8 +68,8 @@ COLUMNS = (
     "group", "group_rows", "plan_digest", "row_crc",
 )
 _HEADER = (",".join(COLUMNS) + "\n").encode("utf-8")
-#: rows per Parquet row group (and per chunk held in memory while writing it)
-PARQUET_CHUNK_ROWS = 50_000
+#: rows per Parquet part file past which a table is partitioned (see :mod:`._parquet`)
+PARQUET_PART_ROWS = _parquet.PART_ROWS
 #: Columns identifying one results cell (a mode, or one iterative run with one selection).
 GROUP_KEY = ("dataset", "task", "case", "method", "protocol", "repeat", "selection")
 
@@ -133,6 +140,12 @@ class ResultsStore:
         else:
             # absent, empty or header-only (a start that failed before any row): start afresh
             write_bytes_atomic(self.path, _HEADER)
+        #: the Parquet parts that hold the CSV up to byte ``_covered`` (see :mod:`._parquet`)
+        self._parts: list[dict[str, Any]] = []
+        self._covered = self._size = len(_HEADER)
+        self._rows_uncovered = 0
+        if not self._needs_repair:  # else repair() finds them once the CSV is rewritten
+            self._sync_parts()
 
     @staticmethod
     def columns() -> tuple[str, ...]:
@@ -226,6 +239,8 @@ class ResultsStore:
             return 0
         write_bytes_atomic(self.path, _HEADER + b"".join(ln + b"\n" for ln in self._kept_lines))
         self._needs_repair = False
+        self._kept_lines = []
+        self._sync_parts()
         return sum(1 for _ in self.dropped)
 
     # --- writing --------------------------------------------------------------------------
@@ -253,70 +268,61 @@ class ResultsStore:
             values = [_fmt(row.get(c)) for c in COLUMNS[:-1]]
             row["row_crc"] = _crc(values)
             w.writerow([*values, row["row_crc"]])
-        append_durable(self.path, buf.getvalue().encode("utf-8"))
-        self.done.update(gids)
+        data = buf.getvalue().encode("utf-8")
+        append_durable(self.path, data)
+        self._size += len(data)
+        self._rows_uncovered += len(rows)
+        if self._rows_uncovered >= PARQUET_PART_ROWS and _have_pyarrow():
+            self._flush_parquet(final=False)
 
-    def write_parquet(self, chunk_rows: int = PARQUET_CHUNK_ROWS) -> Path | None:
-        """Write ``results.parquet`` from the CSV, atomically (None when pyarrow is missing).
+    def _sync_parts(self) -> None:
+        """Find the Parquet parts that still hold the CSV's rows (after a repair: none of the
+        rewritten range); delete the others and list only these."""
+        self._size = self.path.stat().st_size
+        self._parts, self._covered = _parquet.trusted(self.out_dir, _HEADER)
+        self._rows_uncovered = self.rows_existing - sum(p["rows"] for p in self._parts)
+        _parquet.remove_untrusted(self.out_dir, self._parts)
 
-        The table is streamed ``chunk_rows`` rows at a time into one Parquet row group each,
-        so memory stays bounded however many rows the run has; column types are fixed
-        (:func:`_parquet_chunk`), not inferred per chunk.
+    def _flush_parquet(self, final: bool) -> None:
+        """Convert the CSV's rows after the last part into a part (``final``: the run's end; a
+        table that has no part yet becomes ``results.parquet``, whole)."""
+        in_dir = [p for p in self._parts if p["file"] != _parquet.SINGLE]
+        if self._parts and self._size <= self._covered:
+            return  # nothing new since the last part
+        if final and not in_dir:
+            start, parts = len(_HEADER), []
+            name = self.out_dir / _parquet.SINGLE
+        else:
+            if self._size <= self._covered:
+                return
+            start, parts = self._covered, list(self._parts)
+            name = self.out_dir / _parquet.PARTS_DIR / f"part-{len(parts):06d}.parquet"
+        if any(p["file"] == name.relative_to(self.out_dir).as_posix() for p in self._parts):
+            # delisted before it is replaced: a reader never pairs an entry with another file
+            _parquet.write_index(self.out_dir, parts)
+        entry = _parquet.write_part(self.path, start, self._size, name, COLUMNS)
+        parts.append(entry)
+        _parquet.write_index(self.out_dir, parts)
+        self._parts, self._covered, self._rows_uncovered = parts, self._size, 0
+
+    def write_parquet(self) -> Path | None:
+        """Write the Parquet copy's last part when a run ends (None when pyarrow is missing).
+
+        A table of fewer than :data:`PARQUET_PART_ROWS` rows becomes ``results.parquet``;
+        a larger one already has its parts in ``results.parts/`` (written by
+        :meth:`write_group` as the rows came) and gets the rest as its last part. Returns the
+        file or the folder. Memory stays bounded: the CSV is converted a block at a time.
         """
-        import pandas as pd
-
         try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+            import pyarrow.parquet  # noqa: F401
         except ImportError:
             return None
-        target = self.out_dir / "results.parquet"
-        tmp = self.out_dir / ".results.parquet.tmp"
-        writer = None
-        try:
-            reader = pd.read_csv(self.path, dtype=str, keep_default_na=False,
-                                 chunksize=chunk_rows)
-            for chunk in reader:
-                table = pa.Table.from_pandas(_parquet_chunk(chunk), preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table.cast(writer.schema))
-            if writer is None:  # no rows: an empty table with the columns
-                empty = pd.DataFrame({c: pd.Series(dtype=str) for c in COLUMNS})
-                writer = pq.ParquetWriter(
-                    tmp, pa.Table.from_pandas(_parquet_chunk(empty), preserve_index=False).schema)
-            writer.close()
-            writer = None
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise WriteError(describe_os_error(target, exc)) from exc
-        finally:
-            if writer is not None:
-                writer.close()
-            if tmp.exists():
-                tmp.unlink()
-        return target
-
-
-_INT_COLUMNS = ("label", "slice", "repeat", "click", "n_calls", "height", "width", "group_rows")
-_FLOAT_COLUMNS = ("iou", "dice", "hd95_mm", "nsd", "nsd_tolerance_mm", "size_fraction",
-                  "candidate", "score", "seconds", "prepare_seconds", "n_pred", "matched",
-                  "precision", "recall", "f1", "boundary_complexity", "curvature", "contrast",
-                  "n_components")
-
-
-def _parquet_chunk(chunk):
-    """Typed columns for Parquet from the CSV's text: ints, floats (NaN where empty), the
-    ``prompt_supported`` bool, the rest text."""
-    import pandas as pd
-
-    out = chunk.copy()
-    for c in _INT_COLUMNS:
-        out[c] = pd.to_numeric(out[c]).astype("int64")
-    for c in _FLOAT_COLUMNS:
-        out[c] = out[c].replace("", "nan").astype("float64")
-    out["prompt_supported"] = out["prompt_supported"].str.lower() == "true"
-    return out
+        if self._needs_repair:
+            self.repair()
+        self._flush_parquet(final=True)
+        if [p["file"] for p in self._parts] == [_parquet.SINGLE]:
+            return self.out_dir / _parquet.SINGLE
+        return self.out_dir / _parquet.PARTS_DIR
 
 
 #: columns left out of ``row_crc``: timings differ between identical runs
@@ -346,27 +352,66 @@ def _png_ok(path: Path) -> bool:
     return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
 
 
-def parquet_current(out_dir: str | os.PathLike) -> Path | None:
-    """``results.parquet`` when it holds the CSV's rows (written after the CSV's last change),
-    else None (an interrupted or resumed run: the CSV is the table)."""
-    out = Path(out_dir)
-    pq_path, csv_path = out / "results.parquet", out / "results.csv"
+def _have_pyarrow() -> bool:
     try:
-        if pq_path.stat().st_mtime_ns >= csv_path.stat().st_mtime_ns:
-            import pyarrow.parquet  # noqa: F401
+        import pyarrow.csv  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-            return pq_path
-    except (OSError, ImportError):
-        pass
-    return None
+
+def _typed_read(path: Path) -> bool:
+    """Whether the typed (Arrow) reader can read this table: pyarrow present and the CSV's
+    header this version's (else pandas reads it, naming what is wrong)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(_HEADER)) == _HEADER and _have_pyarrow()
+    except OSError:
+        return False
+
+
+def parquet_current(out_dir: str | os.PathLike) -> list[Path] | None:
+    """The Parquet files that hold all of ``results.csv``'s rows (``[results.parquet]`` for
+    a finished table of fewer than :data:`PARQUET_PART_ROWS` rows, else its parts in order),
+    or None when rows after them are only in the CSV (a run in progress or interrupted, a
+    resume that rewrote the CSV) or pyarrow is missing. Every file is checked against the
+    CRC-32 of the CSV bytes it was made from (:func:`._parquet.trusted`)."""
+    out = Path(out_dir)
+    csv_path = out / "results.csv"
+    if not _typed_read(csv_path):
+        return None
+    parts, covered = _parquet.trusted(out, _HEADER)
+    if not parts or _parquet._last_line_end(csv_path, covered) != covered:
+        return None
+    return [out / p["file"] for p in parts]
+
+
+def iter_result_frames(out_dir: str | os.PathLike, columns: Iterable[str],
+                       chunk_rows: int = 50_000):
+    """The results table ``chunk_rows`` rows at a time as pandas DataFrames of ``columns``
+    (those the table has), in the table's order: from the trusted Parquet parts, then the CSV's
+    rows after them (typed alike: ints, floats, the bool, text with "" for empty); with
+    pyarrow missing, text chunks of the CSV. Memory: one chunk."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    path = out / "results.csv"
+    want = [c for c in COLUMNS if c in set(columns)]
+    if not _typed_read(path):
+        yield from pd.read_csv(path, dtype=str, keep_default_na=False,
+                               usecols=lambda c: c in want, chunksize=chunk_rows)
+        return
+    for batch in _parquet.iter_tables(out, _HEADER, COLUMNS, want, chunk_rows):
+        yield batch.to_pandas()
 
 
 def load_results(out_dir: str | os.PathLike, columns: Iterable[str] | None = None):
     """``results.csv`` of a run folder as a pandas DataFrame (NaN where a metric is undefined).
 
-    ``columns``: only these (those the table has), read from ``results.parquet`` when it is
-    current (:func:`parquet_current`; a column projection: the other columns are never
-    decoded), else from the CSV; the values are those of the full read.
+    ``columns``: only these (those the table has), read from the trusted Parquet parts and the
+    CSV rows after them (:func:`iter_result_frames`'s order and types; a column projection:
+    the other columns are never decoded); the values are those of the full read.
 
     Raises
     ------
@@ -380,17 +425,20 @@ def load_results(out_dir: str | os.PathLike, columns: Iterable[str] | None = Non
     if not path.is_file():
         raise DatasetError(f"{out_dir}: no results.csv (not a benchmark run folder)")
     want = None if columns is None else list(dict.fromkeys(columns))
-    pq_path = parquet_current(out_dir) if want is not None else None
+    typed = want is not None and _typed_read(path)
     try:
-        if pq_path is not None:
-            import pyarrow.parquet as pq
+        if typed:
+            import pyarrow as pa
 
-            names = [c for c in pq.read_schema(pq_path).names if c in want]
+            names = [c for c in COLUMNS if c in want]
+            table = pa.Table.from_batches(
+                list(_parquet.iter_tables(Path(out_dir), _HEADER, COLUMNS, names)),
+                schema=_parquet.schema(names))
             # one column at a time out of Arrow (the table is freed as it goes)
-            df = pq.read_table(pq_path, columns=names).to_pandas(split_blocks=True,
-                                                                 self_destruct=True)
+            df = table.to_pandas(split_blocks=True, self_destruct=True)
+            del table
             for c in names:  # as the CSV reads them: an empty text field is missing
-                if (c not in _INT_COLUMNS and c not in _FLOAT_COLUMNS
+                if (c not in _parquet.INT_COLUMNS and c not in _parquet.FLOAT_COLUMNS
                         and c not in ("prompt_supported", *_TEXT_FILLED)
                         and (empty := df[c] == "").any()):
                     df[c] = df[c].mask(empty)

@@ -53,7 +53,7 @@ def _check(out, full):
 
 def test_projected_read_gives_the_full_reads_numbers(real_run):
     out = real_run
-    assert parquet_current(out) == out / "results.parquet"  # the run wrote it last
+    assert parquet_current(out) == [out / "results.parquet"]  # the run wrote it last
     full = load_results(out)
     assert len(full) > 0 and (full["points"] != "").all()
     _check(out, full)
@@ -65,13 +65,37 @@ def test_projected_read_gives_the_full_reads_numbers(real_run):
                       keep_default_na=False, na_values=[""]))
 
 
-def test_stale_parquet_falls_back_to_the_csv(real_run, tmp_path):
+def test_rows_after_the_parquet_come_from_the_csv(real_run, tmp_path):
     import shutil
 
     out = tmp_path / "copy"
     shutil.copytree(real_run, out)
     csv = out / "results.csv"
-    st = (out / "results.parquet").stat()
-    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # appended after the Parquet
+    last = csv.read_bytes().splitlines(keepends=True)[-1]
+    with csv.open("ab") as fh:  # rows appended after the Parquet (as a resume does)
+        fh.write(last)
     assert parquet_current(out) is None
     _check(out, load_results(out))
+    assert len(load_results(out, columns=["iou"])) == len(load_results(real_run)) + 1
+
+
+def test_an_edited_csv_range_is_not_served_from_its_parquet(real_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(real_run, out)
+    csv = out / "results.csv"
+    raw = csv.read_bytes()
+    full = load_results(real_run)
+    old = repr(float(full["iou"].iloc[1]))
+    assert raw.count(f",{old},".encode()) >= 1
+    # the same length and file, newer than nothing: only the bytes tell
+    st = csv.stat()
+    edited = raw.replace(f",{old},".encode(), f",{'0.' + '1' * (len(old) - 2)},".encode(), 1)
+    assert len(edited) == len(raw) and edited != raw
+    csv.write_bytes(edited)
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert parquet_current(out) is None
+    now = load_results(out)
+    assert (now["iou"] != full["iou"]).sum() == 1
+    _check(out, now)
