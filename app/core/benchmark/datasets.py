@@ -19,14 +19,21 @@ Each (dataset, label value) is a task evaluated as binary. 3D volumes are evalua
 axial slices where the task's mask is non-empty, optionally subsampled reproducibly. Pairs that
 cannot be matched are listed in ``Dataset.skipped`` (never fatal); files that fail to read are
 reported by the runner.
+
+Discovery holds no per-image object: a dataset's cases are a :class:`CaseList`, the file
+names packed in a few byte strings and integer arrays (tens of bytes per image, ~60 MB for a
+million images), that makes each :class:`CaseRef` when it is asked for; :func:`iter_cases`
+yields them in natural order, and images are read one case at a time by :func:`iter_images`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +45,7 @@ from app.core.image import Image2D, Volume, Window
 __all__ = [
     "LAYOUTS",
     "CaseRef",
+    "CaseList",
     "Skipped",
     "Task",
     "Dataset",
@@ -48,6 +56,7 @@ __all__ = [
     "discover",
     "load_case",
     "iter_images",
+    "iter_cases",
     "natural_key",
 ]
 
@@ -90,14 +99,126 @@ class Task:
     name: str
 
 
+class _Strings:
+    """Many strings in one UTF-8 byte string and an offset array (no object per string)."""
+
+    def __init__(self) -> None:
+        self._blob = bytearray()
+        self._ends = array("q")
+
+    def append(self, text: str) -> None:
+        self._blob += text.encode("utf-8", "surrogateescape")
+        self._ends.append(len(self._blob))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> str:
+        start = self._ends[i - 1] if i > 0 else 0
+        return self._blob[start:self._ends[i]].decode("utf-8", "surrogateescape")
+
+    def nbytes(self) -> int:
+        return len(self._blob) + self._ends.itemsize * len(self._ends)
+
+
+class CaseList(Sequence[CaseRef]):
+    """The cases of a dataset, packed: a sequence of :class:`CaseRef` made on access.
+
+    Holds per case its name, the file names of its image and label and the index of their
+    folders (a few tens of bytes), so that discovery of a million images holds no million
+    objects. ``spacing_mm`` overrides are kept only for the cases that have one.
+
+    Parameters
+    ----------
+    dataset : str
+    refs : iterable of CaseRef
+        Consumed once, in order (a generator is fine).
+    """
+
+    def __init__(self, dataset: str, refs: Iterable[CaseRef] = ()) -> None:
+        self.dataset = dataset
+        self._case, self._image, self._label = _Strings(), _Strings(), _Strings()
+        self._dirs: list[str] = []
+        self._dir_index: dict[str, int] = {}
+        self._image_dir, self._label_dir = array("i"), array("i")
+        self._spacing: dict[int, tuple[float, float]] = {}
+        for ref in refs:
+            self._add(ref)
+
+    def _dir(self, path: Path) -> int:
+        d = str(path.parent)
+        k = self._dir_index.get(d)
+        if k is None:
+            k = self._dir_index[d] = len(self._dirs)
+            self._dirs.append(d)
+        return k
+
+    def _add(self, ref: CaseRef) -> None:
+        if ref.spacing_mm is not None:
+            self._spacing[len(self._case)] = ref.spacing_mm
+        self._case.append(ref.case)
+        self._image.append(ref.image.name)
+        self._image_dir.append(self._dir(ref.image))
+        if ref.label is None:
+            self._label.append("")
+            self._label_dir.append(-1)
+        else:
+            self._label.append(ref.label.name)
+            self._label_dir.append(self._dir(ref.label))
+
+    def renamed(self, dataset: str) -> CaseList:
+        """The same cases under another dataset name (the storage is shared)."""
+        other = object.__new__(CaseList)
+        other.__dict__.update(self.__dict__)
+        other.dataset = dataset
+        return other
+
+    def __len__(self) -> int:
+        return len(self._case)
+
+    def _ref(self, i: int) -> CaseRef:
+        lab = self._label_dir[i]
+        return CaseRef(self.dataset, self._case[i],
+                       Path(self._dirs[self._image_dir[i]]) / self._image[i],
+                       None if lab < 0 else Path(self._dirs[lab]) / self._label[i],
+                       self._spacing.get(i))
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._ref(j) for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"case index {i} out of range ({n} cases)")
+        return self._ref(i % n)
+
+    def __iter__(self) -> Iterator[CaseRef]:
+        return (self._ref(i) for i in range(len(self)))
+
+    def case_name(self, i: int) -> str:
+        return self._case[i]
+
+    def natural_order(self) -> array:
+        """Indices of the cases sorted by :func:`natural_key` of their names (stable)."""
+        order = sorted(range(len(self)), key=lambda i: _natural_text(self._case[i]))
+        return array("i" if len(self) < 2**31 else "q", order)
+
+    def nbytes(self) -> int:
+        """Bytes held (the packed names and arrays, without the small folder table)."""
+        return (self._case.nbytes() + self._image.nbytes() + self._label.nbytes()
+                + 4 * (len(self._image_dir) + len(self._label_dir)))
+
+
 @dataclass
 class Dataset:
-    """A detected dataset: its layout, cases, label names and what was skipped."""
+    """A detected dataset: its layout, cases, label names and what was skipped.
+
+    ``cases`` is a :class:`CaseList` (a sequence of :class:`CaseRef`) for discovered datasets.
+    """
 
     name: str
     root: Path
     layout: str
-    cases: list[CaseRef]
+    cases: Sequence[CaseRef]
     labels: dict[int, str] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -209,7 +330,9 @@ def discover(path: str | Path, max_depth: int = 3) -> Suite:
     for d in found:
         if names.count(d.name) > 1:
             d.name = f"{d.root.parent.name}/{d.root.name}"
-            d.cases = [CaseRef(d.name, c.case, c.image, c.label, c.spacing_mm) for c in d.cases]
+            d.cases = (d.cases.renamed(d.name) if isinstance(d.cases, CaseList) else
+                       [CaseRef(d.name, c.case, c.image, c.label, c.spacing_mm)
+                        for c in d.cases])
     return Suite(root=root, datasets=found, skipped=[s for d in found for s in d.skipped])
 
 
@@ -259,18 +382,28 @@ def _open_msd(root: Path) -> Dataset:
     labels = {_label_value(js, k, v): str(v) for k, v in meta.get("labels", {}).items()}
     if not isinstance(meta.get("training"), list):
         raise DatasetError(f"{js}: 'training' must be a list of {{image, label}} entries")
-    cases, skipped = [], []
-    for i, entry in enumerate(meta.get("training", [])):
-        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or \
-                not isinstance(entry.get("label"), str):
-            raise DatasetError(f"{js}: training entry {i} is not {{image: path, label: path}}: "
-                               f"{entry!r:.80}")
-        img, lab = _rel(root, entry["image"]), _rel(root, entry["label"])
-        if not img.is_file() or not lab.is_file():
-            missing = img if not img.is_file() else lab
-            skipped.append(Skipped(str(missing), "listed in dataset.json but missing"))
-            continue
-        cases.append(CaseRef(root.name, _stem(img), img, lab))
+    skipped: list[Skipped] = []
+
+    def refs() -> Iterator[CaseRef]:
+        seen: set[str] = set()
+        for i, entry in enumerate(meta.get("training", [])):
+            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or \
+                    not isinstance(entry.get("label"), str):
+                raise DatasetError(f"{js}: training entry {i} is not {{image: path, label: "
+                                   f"path}}: {entry!r:.80}")
+            img, lab = _rel(root, entry["image"]), _rel(root, entry["label"])
+            if not img.is_file() or not lab.is_file():
+                missing = img if not img.is_file() else lab
+                skipped.append(Skipped(str(missing), "listed in dataset.json but missing"))
+                continue
+            case = _stem(img)
+            if case in seen:  # its rows would be the first one's (same case, same groups)
+                skipped.append(Skipped(str(img), f"a second training entry for case {case!r}"))
+                continue
+            seen.add(case)
+            yield CaseRef(root.name, case, img, lab)
+
+    cases = CaseList(root.name, refs())
     return Dataset(root.name, root, "msd", cases, labels, skipped)
 
 
@@ -282,15 +415,24 @@ def _open_nnunet(root: Path) -> Dataset:
         if isinstance(value, list):
             continue  # a region-based label (a union of values): not a task of its own
         labels[_label_value(root / "dataset.json", value, name)] = str(name)
-    cases, skipped = [], []
+    skipped: list[Skipped] = []
     lab_dir, img_dir = root / "labelsTr", root / "imagesTr"
-    for lab in sorted(lab_dir.glob(f"*{ending}")):
-        case = lab.name[: -len(ending)]
-        img = img_dir / f"{case}_0000{ending}"
-        if not img.is_file():
-            skipped.append(Skipped(str(lab), f"no image {img.name} in imagesTr"))
-            continue
-        cases.append(CaseRef(root.name, case, img, lab))
+
+    def refs() -> Iterator[CaseRef]:
+        if not lab_dir.is_dir():
+            return
+        with os.scandir(lab_dir) as it:  # as glob("*<ending>"): no hidden files
+            names = sorted(e.name for e in it if e.name.endswith(ending)
+                           and not e.name.startswith(".") and e.is_file())
+        for name in names:
+            case = name[: -len(ending)]
+            img = img_dir / f"{case}_0000{ending}"
+            if not img.is_file():
+                skipped.append(Skipped(str(lab_dir / name), f"no image {img.name} in imagesTr"))
+                continue
+            yield CaseRef(root.name, case, img, lab_dir / name)
+
+    cases = CaseList(root.name, refs())
     return Dataset(root.name, root, "nnunet_v2", cases, labels, skipped)
 
 
@@ -334,42 +476,55 @@ def _spacing_table(root: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _file_names(folder: Path, endings: tuple[str, ...]) -> list[str]:
+    """Sorted names of the files in ``folder`` ending (case-insensitively) in ``endings``
+    (names only: no Path object per file)."""
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.name.lower().endswith(endings) and e.is_file())
+
+
 def _open_pairs(root: Path) -> Dataset:
     img_dir, mask_dir = _find_sub(root, _IMAGE_DIRS), _find_sub(root, _MASK_DIRS)
     assert img_dir is not None and mask_dir is not None
-
-    def files(d: Path) -> list[Path]:
-        exts = (*_RASTER, ".nii", ".nii.gz", ".nrrd")
-        return sorted(f for f in d.iterdir() if f.is_file() and f.name.lower().endswith(exts))
-
-    masks: dict[str, Path] = {}
+    exts = (*_RASTER, ".nii", ".nii.gz", ".nrrd")
+    masks: dict[str, str] = {}
     skipped: list[Skipped] = []
-    for m in files(mask_dir):
-        key = _mask_key(m)
+    for m in _file_names(mask_dir, exts):
+        key = _mask_key(Path(m))
         if key in masks:
-            skipped.append(Skipped(str(m), f"second mask for image stem {key!r}"))
+            skipped.append(Skipped(str(mask_dir / m), f"second mask for image stem {key!r}"))
         else:
             masks[key] = m
     spacing = _spacing_table(root)
-    cases, used = [], set()
-    for img in files(img_dir):
-        key = _stem(img)
-        m = masks.get(key)
-        if m is None:
-            skipped.append(Skipped(str(img), "no mask with the same file stem"))
-            continue
-        used.add(key)
-        cases.append(CaseRef(root.name, key, img, m, spacing.get(key)))
+    used: set[str] = set()
+
+    def refs() -> Iterator[CaseRef]:
+        for name in _file_names(img_dir, exts):
+            key = _stem(Path(name))
+            m = masks.get(key)
+            if m is None:
+                skipped.append(Skipped(str(img_dir / name), "no mask with the same file stem"))
+                continue
+            if key in used:  # e.g. a.png and a.jpg: one mask, and the same case's rows
+                skipped.append(Skipped(str(img_dir / name),
+                                       f"a second image for file stem {key!r}"))
+                continue
+            used.add(key)
+            yield CaseRef(root.name, key, img_dir / name, mask_dir / m, spacing.get(key))
+
+    cases = CaseList(root.name, refs())
     for key, m in masks.items():
         if key not in used:
-            skipped.append(Skipped(str(m), "no image with the same file stem"))
-    labels = _scan_label_values([c.label for c in cases if c.label is not None], skipped)
+            skipped.append(Skipped(str(mask_dir / m), "no image with the same file stem"))
+    labels = _scan_label_values((c.label for c in cases if c.label is not None), skipped)
     if list(labels) == [1]:
         labels = {1: root.name}
     return Dataset(root.name, root, "pairs_2d", cases, labels, skipped)
 
 
-def _scan_label_values(paths: list[Path], skipped: list[Skipped]) -> dict[int, str]:
+def _scan_label_values(paths: Iterable[Path], skipped: list[Skipped]) -> dict[int, str]:
     from PIL import Image
 
     values: set[int] = set()
@@ -399,19 +554,25 @@ def _scan_label_values(paths: list[Path], skipped: list[Skipped]) -> dict[int, s
 def _open_npz(root: Path) -> Dataset:
     files = [root] if root.is_file() else sorted(root.glob("*.npz"))
     name = root.stem if root.is_file() else root.name
-    cases, skipped, values = [], [], set()
-    for f in files:
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                if "imgs" not in z or "gts" not in z:
-                    skipped.append(Skipped(str(f), f"no 'imgs'/'gts' arrays (has {list(z.keys())})"))
-                    continue
-                gts = z["gts"]
-        except Exception as exc:  # noqa: BLE001
-            skipped.append(Skipped(str(f), f"unreadable .npz: {exc}"))
-            continue
-        values.update(int(v) for v in np.unique(gts) if v > 0)
-        cases.append(CaseRef(name, f.stem, f, None))
+    skipped: list[Skipped] = []
+    values: set[int] = set()
+
+    def refs() -> Iterator[CaseRef]:
+        for f in files:
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    if "imgs" not in z or "gts" not in z:
+                        skipped.append(Skipped(str(f), "no 'imgs'/'gts' arrays (has "
+                                               f"{list(z.keys())})"))
+                        continue
+                    gts = z["gts"]
+            except Exception as exc:  # noqa: BLE001
+                skipped.append(Skipped(str(f), f"unreadable .npz: {exc}"))
+                continue
+            values.update(int(v) for v in np.unique(gts) if v > 0)
+            yield CaseRef(name, f.stem, f, None)
+
+    cases = CaseList(name, refs())
     labels = {v: (name if len(values) == 1 else f"label{v}") for v in sorted(values)}
     return Dataset(name, root, "medsam_npz", cases, labels, skipped)
 
@@ -543,3 +704,29 @@ def iter_images(
 def natural_key(text: str) -> list:
     """Sort key that orders ``case2`` before ``case10``."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _natural_text(text: str) -> str:
+    """One string that sorts as :func:`natural_key` does (one object per case, not a list):
+    each text run is followed by NUL (so a shorter run sorts first, as in the list), each
+    number is written as a character giving its digit count, then its digits."""
+    out = []
+    for i, t in enumerate(re.split(r"(\d+)", text)):
+        if i % 2:
+            d = str(int(t))
+            out.append(chr(1 + len(d)) + d)
+        else:
+            out.append(t + "\0")
+    return "".join(out)
+
+
+def iter_cases(dataset: Dataset, max_cases: int | None = None) -> Iterator[CaseRef]:
+    """The cases of ``dataset`` in natural order of their names (:func:`natural_key`), the
+    first ``max_cases`` of them; made one at a time."""
+    cases = dataset.cases
+    if isinstance(cases, CaseList):
+        order = cases.natural_order()
+        n = len(order) if max_cases is None else min(len(order), max_cases)
+        return (cases[order[i]] for i in range(n))
+    refs = sorted(cases, key=lambda c: natural_key(c.case))
+    return iter(refs if max_cases is None else refs[:max_cases])

@@ -730,6 +730,47 @@ def _run_everything(run: _Run, method: Any, state: Any, sample: ImageSample,
     return out
 
 
+class _PlanCases(Sequence):
+    """The plan's cases as ``(dataset, CaseRef)``, in order (per dataset, natural order of the
+    case names, the first ``max_cases``): a sequence over the datasets' packed case lists
+    (:class:`~app.core.benchmark.datasets.CaseList`) holding one integer per case, so a
+    million-image plan holds no million objects. Iterating makes the refs one at a time
+    (the order of :func:`~app.core.benchmark.datasets.iter_cases`)."""
+
+    def __init__(self, datasets: Sequence[Any], max_cases: int | None) -> None:
+        from array import array
+
+        self._datasets = list(datasets)
+        self._max = max_cases
+        self._orders: list[Any] = []
+        self._starts = [0]
+        for d in self._datasets:
+            order = (d.cases.natural_order() if hasattr(d.cases, "natural_order") else
+                     array("q", sorted(range(len(d.cases)),
+                                       key=lambda i, c=d.cases: natural_key(c[i].case))))
+            if max_cases is not None:
+                order = order[:max_cases]
+            self._orders.append(order)
+            self._starts.append(self._starts[-1] + len(order))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, ci: int) -> tuple[Any, Any]:  # type: ignore[override]
+        import bisect
+
+        if not 0 <= ci < len(self):
+            raise IndexError(ci)
+        k = bisect.bisect_right(self._starts, ci) - 1
+        d = self._datasets[k]
+        return d, d.cases[self._orders[k][ci - self._starts[k]]]
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for d, order in zip(self._datasets, self._orders, strict=True):
+            for i in order:
+                yield d, d.cases[i]
+
+
 def _check_resume(out: Path, plan: BenchmarkPlan, store: ResultsStore) -> dict[str, Any]:
     """The old manifest of a folder being resumed, after checking it fits ``plan``.
 
@@ -869,12 +910,7 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
     if plan.resume and not old and store.rows_existing:
         run.log(f"rebuilding {out / 'manifest.json'} from the rows (plan digest {run.digest})")
     run.skipped.extend(s for d in datasets for s in d.skipped)
-    cases = []
-    for d in datasets:
-        refs = sorted(d.cases, key=lambda c: natural_key(c.case))
-        if plan.max_cases is not None:
-            refs = refs[: plan.max_cases]
-        cases.extend((d, r) for r in refs)
+    cases = _PlanCases(datasets, plan.max_cases)
     for d in datasets:
         run.log(f"dataset {d.name} ({d.layout}): {len(d.cases)} cases, tasks "
                 f"{', '.join(t.name for t in d.tasks)}; {len(d.skipped)} files skipped")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from app.core.benchmark.datasets import (
+    Dataset,
     detect_layout,
     discover,
     iter_images,
@@ -138,3 +140,48 @@ def test_not_a_dataset(tmp_path):
         discover(tmp_path)
     with pytest.raises(DatasetError, match="not a dataset"):
         open_dataset(tmp_path)
+
+
+def test_packed_cases_give_the_refs_and_the_natural_order(tmp_path):
+    """Discovery's packed case list (issue 12: no object per image) makes exactly the refs
+    that were put in, and orders them as natural_key does, ties in input order."""
+    import random
+
+    from app.core.benchmark.datasets import CaseList, CaseRef, iter_cases, natural_key
+
+    rng = random.Random(4)
+    alphabet = "ab_-.Z09"
+    names = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
+             for _ in range(3000)] + ["a1", "a01", "a-", "a", "a1b", "a1b2", "case10", "case2",
+                                      "x007y", "x7y", "ü1", "ü"]
+    refs = [CaseRef("ds", n, tmp_path / "imgs" / f"{n}.png",
+                    None if i % 3 == 0 else tmp_path / f"m{i % 2}" / f"{n}_mask.png",
+                    (0.5, 0.5) if i % 7 == 0 else None) for i, n in enumerate(names)]
+    packed = CaseList("ds", iter(refs))
+    assert len(packed) == len(refs) and list(packed) == refs
+    assert packed[5] == refs[5] and packed[-1] == refs[-1] and packed[2:6] == refs[2:6]
+    assert packed.nbytes() < 60 * len(refs)  # names and offsets only
+    expect = sorted(range(len(names)), key=lambda i: natural_key(names[i]))
+    assert list(packed.natural_order()) == expect
+    ds = Dataset("ds", tmp_path, "pairs_2d", packed)
+    assert [r.case for r in iter_cases(ds, 50)] == [names[i] for i in expect[:50]]
+    renamed = packed.renamed("other")
+    assert renamed[7] == CaseRef("other", *[getattr(refs[7], f) for f in
+                                             ("case", "image", "label", "spacing_mm")])
+
+
+def test_a_second_image_for_one_mask_is_skipped_not_run_twice(tmp_path):
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    img = np.full((16, 16), 80, np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:10, 4:10] = 255
+    for ext in (".png", ".bmp"):
+        cv2.imwrite(str(tmp_path / "images" / f"a{ext}"), img)
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), mask)
+    ds = open_dataset(tmp_path)
+    assert [c.image.name for c in ds.cases] == ["a.bmp"]
+    assert [(Path(s.path).name, s.reason) for s in ds.skipped] == [
+        ("a.png", "a second image for file stem 'a'")]
