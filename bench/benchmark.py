@@ -7,7 +7,7 @@ per model and reused by every mode, click and selection.
 
 Both runs go through the same runner, prompts and metrics, so the results must be identical;
 the script checks that and prints wall time, prompt calls per second and the speed-up.
-SAMScope's way is then run once per inference backend (``--backends torch,onnx``): prompts/s
+SAMScope's way is then run once per inference backend (``--backends torch,onnx,openvino,openvino+onnx``): prompts/s
 for each, the ratio to the first, and how far the per-prompt IoUs moved (they must not).
 
     python bench/benchmark.py                     # LiteMedSAM on CPU, 2 US + 2 CXR images
@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--cases", type=int, default=2, help="cases per dataset")
     ap.add_argument("--clicks", type=int, default=3)
-    ap.add_argument("--backends", default="torch,onnx",
+    ap.add_argument("--backends", default="torch,onnx,openvino,openvino+onnx",
                     help="comma-separated inference backends for SAMScope's way")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive run")
     args = ap.parse_args()

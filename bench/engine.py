@@ -1,7 +1,7 @@
 """Measure the engine with the bundled LiteMedSAM on real slices; prints figures, asserts nothing.
 
     python bench/engine.py [--data ../shared/data] [--images 3] [--prompts 20] [--threads N]
-                           [--backends torch,onnx] [--model litemedsam]
+                           [--backends torch,onnx,openvino,openvino+onnx] [--model litemedsam]
 
 Reports, on the machine it runs on, for each backend (torch and the exported ONNX graphs by
 default), interleaved slice by slice so that ratios are measured in the same run:
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                     help="torch CPU threads (default: cores - 1, as the app does)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--model", default="litemedsam")
-    ap.add_argument("--backends", default="torch,onnx",
+    ap.add_argument("--backends", default="torch,onnx,openvino,openvino+onnx",
                     help="comma-separated backends, compared in one interleaved run")
     args = ap.parse_args(argv)
 

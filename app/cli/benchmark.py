@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+from app.core.models.backends import BACKENDS
+
 __all__ = ["register", "run"]
 
 _EPILOG = """\
@@ -168,9 +170,10 @@ def register(subparsers) -> None:
     p.add_argument("--datasets", type=_str_list, default=None,
                    help="only these datasets of a suite (comma-separated names)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
-                   help="how SAM-family networks run: auto (exported ONNX graph on CPU, torch on "
-                   "GPUs; the default, or $SAMSCOPE_BACKEND), torch, onnx")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="how SAM-family networks run: auto (the default, or $SAMSCOPE_BACKEND: "
+                   "exported graphs on CPU, OpenVINO's encoder + ONNX Runtime's click graphs when "
+                   "both are installed; torch on GPUs), torch, onnx, openvino, openvino+onnx")
     p.add_argument("--nsd-tolerance-mm", type=_finite(0.0), default=2.0,
                    help="normalised surface Dice tolerance (default 2 mm)")
     p.add_argument("--ray", metavar="auto|ADDRESS", default=None,

@@ -13,6 +13,8 @@ import argparse
 import os
 from pathlib import Path
 
+from app.core.models.backends import BACKENDS
+
 #: folders that hold ground truth, not images (benchmark layouts)
 _LABEL_DIRS = {"masks", "labels", "labelstr", "labelsts", "gt", "segmentations", "nifti"}
 
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("data", nargs="+", help="image files, DICOM folders or folders of them")
     p.add_argument("--model", default="litemedsam", help="registry name (default litemedsam)")
-    p.add_argument("--backend", default=None, choices=("auto", "torch", "onnx"),
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="inference backend (default auto: exported graph on CPU, torch on GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--store", metavar="DIR", help="store folder (default: the user cache)")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from app.core.models.backends import BACKENDS
+
 __all__ = ["register", "run"]
 
 
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
                    help="the image, if it has moved since the session (pixels must match)")
     p.add_argument("--model", metavar="NAME",
                    help="replay the clicks with this model instead of the log's own")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="how the model runs (default: the log's own backend)")
     p.add_argument("--recorded", action="store_true",
                    help="use the recorded masks; no model is run")

@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from app.core.models.backends import BACKENDS
+
 __all__ = ["register", "run"]
 
 
@@ -42,9 +44,10 @@ def register(subparsers) -> None:
     p.add_argument("--single", action="store_true",
                    help="ask for one mask instead of the three multimask candidates")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
-                   help="how the networks run: auto (exported ONNX graph on CPU, torch on "
-                   "GPUs; the default, or $SAMSCOPE_BACKEND), torch, onnx")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="how the networks run: auto (the default, or $SAMSCOPE_BACKEND: "
+                   "exported graphs on CPU, OpenVINO's encoder + ONNX Runtime's click graphs when "
+                   "both are installed; torch on GPUs), torch, onnx, openvino, openvino+onnx")
     p.add_argument("--download", action="store_true",
                    help="download the model's checkpoint when it is not cached")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

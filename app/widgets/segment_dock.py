@@ -205,10 +205,14 @@ class SegmentDock(QWidget):
         g.addWidget(self.model_info, 1, 0, 1, 2)
         g.addWidget(QLabel("Runs on:"), 4, 0)
         self.backend_combo = QComboBox()
-        self.backend_combo.setToolTip("How the networks run. Automatic: an exported ONNX graph "
-                                      "on the CPU (faster), PyTorch on a GPU.")
-        for text, value in (("automatic", None), ("ONNX Runtime", "onnx"), ("PyTorch", "torch")):
-            self.backend_combo.addItem(text, value)
+        self.backend_combo.setToolTip(
+            "How the networks run. Automatic: exported graphs on the CPU (faster; OpenVINO "
+            "for the image encoder and ONNX Runtime for clicks when both are installed), "
+            "PyTorch on a GPU.")
+        from app.core.models.backends import backend_title
+
+        for value in (None, "onnx", "openvino", "torch"):
+            self.backend_combo.addItem(backend_title(value or "auto"), value)
         self.backend_combo.currentIndexChanged.connect(self._on_backend_chosen)
         g.addWidget(self.backend_combo, 4, 1)
         self.download_button = QPushButton("Download")
@@ -702,7 +706,9 @@ class SegmentDock(QWidget):
         dev = f" · device: <b>{device.upper()}</b>" if device else ""
         ident = self.controller.identity
         if device and ident is not None and ident.backend:
-            dev += f" · {'ONNX Runtime' if ident.backend == 'onnx' else 'PyTorch'}"
+            from app.core.models.backends import backend_title
+
+            dev += f" · {backend_title(ident.backend)}"
         lead = ("Boxes go to LiteMedSAM's own decoder, clicks (alone or with a box) to the "
                 "decoder fine-tuned for clicks.<br>" if choice == AUTO_MODEL else
                 f"{spec.description}<br>")

@@ -119,7 +119,7 @@ class ModelIdentity:
     title: str
     weights_sha256: str = ""
     cache_token: str = ""
-    backend: str = ""  # "torch" or "onnx": replays are bit for bit on the same backend
+    backend: str = ""  # e.g. "torch", "onnx": replays are bit for bit on the same backend
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Exported graphs of a SAM-family network, run by ONNX Runtime (or OpenVINO, :mod:`._openvino`).
+"""Exported graphs of a SAM-family network, run by ONNX Runtime, OpenVINO, or both.
 
 Three graphs per network, exported from the weights in memory on first use (never at import)
 into ``<user cache>/exports``, named by the weights' digest, so that a second run, and every
@@ -20,12 +20,18 @@ model sharing those weights (a fine-tuned decoder keeps its base's image encoder
 
 Points and boxes are encoded exactly as segment-anything's ``PromptEncoder`` does (box
 corners are points with labels 2 and 3; without a box one padding point is appended). Each
-export is run against segment-anything's own modules before it is kept.
+export is run, in the runtime that will run it, against segment-anything's own modules before
+it is kept.
+
+Runtimes (:data:`RUNTIMES`): :class:`OnnxRuntime` (``"onnx"``), :class:`OpenVinoRuntime`
+(``"openvino"``, fp32), :class:`MixedRuntime` (``"openvino+onnx"``: OpenVINO's encoder, ONNX
+Runtime's click graphs) -- one set of graph files serves all three.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 import threading
@@ -39,7 +45,10 @@ from app.core.errors import SamScopeError
 
 __all__ = [
     "BackendUnavailableError",
+    "MixedRuntime",
     "OnnxRuntime",
+    "OpenVinoRuntime",
+    "RUNTIMES",
     "exports_dir",
     "module_digest",
     "module_stamp",
@@ -181,8 +190,8 @@ class OnnxRuntime:
     """
 
     name = "onnx"
-    #: what to install when the runtime's package is missing
-    package = "onnxruntime"
+    #: the runtime that runs each graph: ``"onnxruntime"`` or ``"openvino"``
+    runs_on = {"encoder": "onnxruntime", "prepare": "onnxruntime", "click": "onnxruntime"}
     #: per-image graph outputs kept (each ~10 MiB: the slices a user moves between)
     PREPARED_CACHE = 4
 
@@ -207,26 +216,22 @@ class OnnxRuntime:
         return exports_dir() / f"{part}-{digest[:24]}-{size}-v{EXPORT_VERSION}.onnx"
 
     def _open(self, path: Path, part: str) -> Callable[[dict], list]:
-        """Load one graph; returns ``run(inputs) -> outputs`` (raises if the file is bad)."""
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = ort_threads(part)
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return lambda inputs: sess.run(None, inputs)
+        """Load one graph in its runtime; ``run(inputs) -> outputs`` (raises if the file is
+        bad)."""
+        opener = _open_openvino if self.runs_on[part] == "openvino" else _open_onnxruntime
+        return opener(path, ort_threads(part))
 
     def _available(self) -> None:
-        import importlib.util
+        for package in sorted(set(self.runs_on.values())):
+            if importlib.util.find_spec(package) is None:
+                raise BackendUnavailableError(
+                    f"the {self.name} backend needs {package} (pip install {package})")
 
-        if importlib.util.find_spec(self.package) is None:
-            raise BackendUnavailableError(
-                f"the {self.name} backend needs {self.package} (pip install {self.package})")
-
-    def _session(self, model, part: str) -> Callable[[dict], list]:
-        stamp = module_stamp(model._parts("encoder" if part == "encoder" else "decoder"))
+    def _session(self, model, part: str, stamp: tuple | None = None) -> Callable[[dict], list]:
+        """The loaded graph of ``part`` for the weights as they are now (``stamp``: their
+        :func:`module_stamp`, when the caller has it)."""
+        if stamp is None:
+            stamp = module_stamp(model._parts("encoder" if part == "encoder" else "decoder"))
         hit = self._sessions.get(part)
         if hit is not None and hit[0] == stamp:
             return hit[1]
@@ -238,12 +243,21 @@ class OnnxRuntime:
                 self._export(model, part, paths)
             try:
                 runs = {p: self._open(path, p) for p, path in paths.items()}
-            except Exception as exc:  # noqa: BLE001 - a damaged file: export it again
+            except Exception as exc:  # noqa: BLE001 - a damaged file, or the runtime
+                if self.runs_on[part] != "onnxruntime" and _loads_in_onnxruntime(paths):
+                    raise BackendUnavailableError(  # the files are sound: it is the runtime
+                        f"{self.runs_on[part]} cannot load {paths[part].name}: {exc}") from exc
                 self._say(f"{paths[part].name} could not be loaded ({exc}); exporting it again")
                 for path in paths.values():
                     path.unlink(missing_ok=True)
                 self._export(model, part, paths)
-                runs = {p: self._open(path, p) for p, path in paths.items()}
+                try:
+                    runs = {p: self._open(path, p) for p, path in paths.items()}
+                except Exception as exc2:  # noqa: BLE001 - the runtime, not the file
+                    raise BackendUnavailableError(
+                        f"the {self.name} backend cannot load {paths[part].name}: {exc2}"
+                    ) from exc2
+            self._check_runtime(model, part, paths, runs)
         for p, run in runs.items():
             self._sessions[p] = (stamp, run, str(paths[p]))
         return runs[part]
@@ -277,7 +291,9 @@ class OnnxRuntime:
                     torch.onnx.export(module, example, tmps[p], dynamo=False, opset_version=17,
                                       input_names=names_in, output_names=names_out,
                                       dynamic_axes=dynamic, do_constant_folding=True)
-            self._check(net, part, {p: self._open(Path(t), p) for p, t in tmps.items()}, size)
+            # the files are checked in ONNX Runtime, the reference runtime for the format
+            self._check(net, part, {p: _open_onnxruntime(Path(t), ort_threads(p))
+                                    for p, t in tmps.items()}, size)
             for p, tmp in tmps.items():
                 os.replace(tmp, paths[p])
         except BackendUnavailableError:
@@ -292,6 +308,30 @@ class OnnxRuntime:
         self.exported.extend(str(paths[p]) for p in graphs)
         self._say(f"Exported {model.name} {what} in {time.perf_counter() - t0:.1f} s: "
                   f"{paths[part].parent}")
+
+    def _check_runtime(self, model, part: str, paths: dict[str, Path], runs: dict) -> None:
+        """Graphs run by another runtime than ONNX Runtime are checked against torch in it
+        too, once per graph file and runtime version (a ``.checked`` file records it)."""
+        other = sorted({self.runs_on[p] for p in paths} - {"onnxruntime"})
+        if not other:
+            return
+        import importlib.metadata
+
+        tag = "-".join(f"{r}{importlib.metadata.version(r)}" for r in other)
+        first = next(iter(paths.values()))  # one marker per export (decoder: its pair)
+        marker = first.with_name(f"{first.stem}.{tag}.checked")
+        if marker.is_file():
+            return
+        net = model.net
+        if next(net.parameters()).device.type != "cpu":
+            import copy
+
+            net = copy.deepcopy(net).cpu()
+        try:
+            self._check(net, part, runs, model.preprocessing.input_size)
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(f"{tag}: {exc}") from exc
+        marker.touch()
 
     @staticmethod
     def _check(net, part: str, runs: dict[str, Callable], size: int) -> None:
@@ -327,12 +367,19 @@ class OnnxRuntime:
                         f"the exported graph differs from the network by {err:.3g}; not using it")
 
     # --- running --------------------------------------------------------------------------
-    def _fallback(self, model, exc: Exception) -> None:
+    def _fallback(self, model, exc: Exception):
+        """Not strict (``"auto"``): say why and run on ONNX Runtime when this runtime used
+        OpenVINO and ONNX Runtime is there, else on torch. Returns the new runtime (or None)."""
         if self.strict:
             raise exc
         self.failed = str(exc)
-        self._say(f"{exc}; using torch")
-        model._runtime = None
+        if "openvino" in self.runs_on.values() and importlib.util.find_spec("onnxruntime"):
+            self._say(f"{exc}; using ONNX Runtime")
+            model._runtime = OnnxRuntime(on_status=self.on_status)
+        else:
+            self._say(f"{exc}; using torch")
+            model._runtime = None
+        return model._runtime
 
     def encode(self, model, batch: np.ndarray):
         try:
@@ -366,11 +413,13 @@ class OnnxRuntime:
         if coords is None and boxes is None:
             return None  # a mask alone: zero prompt tokens, which the graph does not take
         try:
-            prepare = self._session(model, "prepare")
-            click = self._session(model, "click")
+            stamp = module_stamp(model._parts("decoder"))  # one walk over the weights
+            prepare = self._session(model, "prepare", stamp)
+            click = self._session(model, "click", stamp)
         except BackendUnavailableError as exc:
-            self._fallback(model, exc)
-            return None
+            rt = self._fallback(model, exc)
+            return None if rt is None else rt.decode(model, features, coords, labels, boxes,
+                                                     mask, multimask)
         prepared = self._prepare(prepare, features, mask)
         sl = slice(1, None) if multimask else slice(0, 1)
         lows, ious = [], []
@@ -380,6 +429,65 @@ class OnnxRuntime:
             ious.append(iou[0, sl])
         return (np.ascontiguousarray(np.concatenate(lows), np.float32),
                 np.concatenate(ious).astype(np.float32))
+
+
+class OpenVinoRuntime(OnnxRuntime):
+    """The same exported graphs compiled by OpenVINO (fp32) for the CPU."""
+
+    name = "openvino"
+    runs_on = {"encoder": "openvino", "prepare": "openvino", "click": "openvino"}
+
+
+class MixedRuntime(OnnxRuntime):
+    """OpenVINO for the image encoder, ONNX Runtime for the per-click graphs: on these CPUs
+    each is the faster for its part (``bench/engine.py``), and ``"auto"`` picks it."""
+
+    name = "openvino+onnx"
+    runs_on = {"encoder": "openvino", "prepare": "onnxruntime", "click": "onnxruntime"}
+
+
+#: backend name -> runtime class
+RUNTIMES = {cls.name: cls for cls in (OnnxRuntime, OpenVinoRuntime, MixedRuntime)}
+
+
+def _open_onnxruntime(path: Path, threads: int) -> Callable[[dict], list]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return lambda inputs: sess.run(None, inputs)
+
+
+def _open_openvino(path: Path, threads: int) -> Callable[[dict], list]:
+    """Compile ``path`` for OpenVINO's CPU plugin in fp32: its default on CPUs with bf16 units
+    is bf16, which moved the encoder's features by 0.05 and the logits by 0.3 here (measured
+    against torch), beyond the masks-equal tolerance the exported graphs must keep."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    outputs = list(compiled.outputs)
+
+    def run(inputs: dict) -> list:
+        result = request.infer(inputs)
+        return [np.array(result[o]) for o in outputs]  # a copy: the request reuses its buffers
+
+    return run
+
+
+def _loads_in_onnxruntime(paths: dict[str, Path]) -> bool:
+    try:
+        for path in paths.values():
+            _open_onnxruntime(path, 1)
+    except Exception:  # noqa: BLE001 - any failure: the file is not sound
+        return False
+    return True
 
 
 #: the two decoder graphs (see :mod:`app.core.models._decoder_graphs`)

@@ -1,14 +1,20 @@
-"""Inference backends for SAM-family models: torch, or exported graphs in ONNX Runtime.
+"""Inference backends for SAM-family models: torch, or exported graphs in ONNX Runtime / OpenVINO.
 
->>> model = load_model("litemedsam", backend="auto")    # onnx on CPU, torch on CUDA  # doctest: +SKIP
->>> set_backend(model, "torch")                         # switch back in place        # doctest: +SKIP
+>>> model = load_model("litemedsam", backend="auto")    # exported graphs on CPU  # doctest: +SKIP
+>>> set_backend(model, "torch")                         # switch back in place    # doctest: +SKIP
 
-``"onnx"`` exports the image encoder and the prompt encoder + mask decoder from the weights in
-memory on first use (seconds, once per weights digest, into ``<user cache>/exports``) and runs
-them in ONNX Runtime. Masks, scores and candidate order equal torch's within float rounding
-(tests/core/models/test_backends.py). On these 2-core CPUs the encoder is ~2x and a click ~3x
-faster (bench/engine.py). ``"auto"`` is ``"onnx"`` on the CPU when onnxruntime is installed,
-falling back to torch (with a status message) if an export fails; torch on GPUs.
+The exported backends export the image encoder and the prompt encoder + mask decoder from the
+weights in memory on first use (seconds, once per weights digest, into ``<user cache>/exports``;
+see :mod:`app.core.models._onnx`). Masks, scores and candidate order equal torch's within float
+rounding (tests/core/models/test_backends.py).
+
+* ``"onnx"``: every graph in ONNX Runtime.
+* ``"openvino"``: every graph in OpenVINO (fp32).
+* ``"openvino+onnx"``: the encoder in OpenVINO, the per-click graphs in ONNX Runtime -- on
+  these 2-core CPUs the faster runtime for each part (bench/engine.py).
+* ``"auto"``: on the CPU ``"openvino+onnx"`` when both packages are installed, else ``"onnx"``
+  when onnxruntime is, else torch; falling back (with a status message) from OpenVINO to ONNX
+  Runtime and from ONNX Runtime to torch if an export or a load fails. Torch on GPUs.
 """
 
 from __future__ import annotations
@@ -17,23 +23,35 @@ import importlib.util
 import os
 from collections.abc import Callable
 
-__all__ = ["BACKENDS", "BACKEND_ENV", "resolve_backend", "set_backend", "model_backend"]
+__all__ = ["BACKENDS", "BACKEND_ENV", "backend_title", "resolve_backend", "set_backend",
+           "model_backend"]
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino+onnx")
 #: overrides the default backend (``auto``) of :func:`~app.core.models.registry.load_model`
 BACKEND_ENV = "SAMSCOPE_BACKEND"
 
 
-def resolve_backend(backend: str | None, device: str) -> str:
-    """The concrete backend for ``backend`` on ``device``: ``"torch"`` or ``"onnx"``.
+#: how a backend is named to a user
+_TITLES = {"auto": "automatic", "torch": "PyTorch", "onnx": "ONNX Runtime",
+           "openvino": "OpenVINO", "openvino+onnx": "OpenVINO encoder + ONNX Runtime"}
 
-    ``None`` means ``$SAMSCOPE_BACKEND`` or ``"auto"``. ``"auto"``: ``"onnx"`` on the CPU when
-    onnxruntime is installed, else ``"torch"`` (GPUs, MPS: torch).
+
+def backend_title(backend: str) -> str:
+    """The name a user reads for ``backend`` (e.g. ``"ONNX Runtime"``)."""
+    return _TITLES.get(backend, backend)
+
+
+def resolve_backend(backend: str | None, device: str) -> str:
+    """The concrete backend for ``backend`` on ``device`` (any of :data:`BACKENDS` but auto).
+
+    ``None`` means ``$SAMSCOPE_BACKEND`` or ``"auto"``. ``"auto"`` on the CPU:
+    ``"openvino+onnx"`` when openvino and onnxruntime are installed, ``"onnx"`` when only
+    onnxruntime is, else ``"torch"``; on GPUs and MPS ``"torch"``.
 
     Raises
     ------
     ValueError
-        An unknown name, or ``"onnx"`` asked for a non-CPU device.
+        An unknown name, or an exported-graph backend asked for a non-CPU device.
     """
     if backend is None:
         backend = os.environ.get(BACKEND_ENV) or "auto"
@@ -41,9 +59,11 @@ def resolve_backend(backend: str | None, device: str) -> str:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     on_cpu = str(device) == "cpu"
     if backend == "auto":
-        return "onnx" if on_cpu and importlib.util.find_spec("onnxruntime") else "torch"
-    if backend == "onnx" and not on_cpu:
-        raise ValueError(f"the onnx backend runs on the CPU; the model is on {device!r}")
+        if not on_cpu or not importlib.util.find_spec("onnxruntime"):
+            return "torch"
+        return "openvino+onnx" if importlib.util.find_spec("openvino") else "onnx"
+    if backend != "torch" and not on_cpu:
+        raise ValueError(f"the {backend} backend runs on the CPU; the model is on {device!r}")
     return backend
 
 
@@ -63,16 +83,16 @@ def set_backend(model, backend: str | None = "auto", *,
     Parameters
     ----------
     model : SamFamilyModel or FinetunedModel
-    backend : {"auto", "torch", "onnx"} or None
+    backend : one of :data:`BACKENDS`, or None
     on_status : callable (str), optional
         Receives one-line messages (export started / finished, fallback to torch).
 
     Returns
     -------
     str
-        The backend now set, ``"torch"`` or ``"onnx"``.
+        The backend now set (``"auto"`` resolved).
     """
-    from app.core.models._onnx import OnnxRuntime
+    from app.core.models._onnx import RUNTIMES
 
     requested = backend
     backend = resolve_backend(backend, str(getattr(model, "device", "cpu")))
@@ -81,8 +101,8 @@ def set_backend(model, backend: str | None = "auto", *,
             if backend != "torch":
                 raise ValueError(f"{type(m).__name__} has no exported-graph backend")
             continue
-        m._runtime = None if backend == "torch" else OnnxRuntime(
-            on_status=on_status, strict=requested == "onnx")
+        m._runtime = None if backend == "torch" else RUNTIMES[backend](
+            on_status=on_status, strict=requested not in (None, "auto"))
         m.__dict__.pop("_pe_stamp", None)
     return backend
 

@@ -245,10 +245,10 @@ def load_model(name: str = DEFAULT_MODEL, *, checkpoint: str | os.PathLike | Non
     precision : {"auto", "fp32", "fp16", "bf16"}
         ``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA, fp32 elsewhere.
         Half precision is never used on CPU or MPS.
-    backend : {"auto", "torch", "onnx"}, optional
+    backend : {"auto", "torch", "onnx", "openvino", "openvino+onnx"}, optional
         How the networks run (:mod:`app.core.models.backends`). ``None``: ``$SAMSCOPE_BACKEND``
-        or ``"auto"`` = exported graphs in ONNX Runtime on the CPU, torch on GPUs. The graphs
-        are exported on first use, not here.
+        or ``"auto"`` = exported graphs on the CPU (OpenVINO's encoder and ONNX Runtime's click
+        graphs when both are installed), torch on GPUs. Graphs are exported on first use.
     on_status : callable (str), optional
         One-line messages from the backend (an export starting and finishing takes seconds).
 
@@ -272,7 +272,7 @@ def load_model(name: str = DEFAULT_MODEL, *, checkpoint: str | os.PathLike | Non
     from app.core.models.backends import resolve_backend, set_backend
 
     if backend is not None:
-        resolve_backend(backend, "cpu" if backend == "onnx" else "cuda")  # bad names fail early
+        resolve_backend(backend, "cuda" if backend in ("auto", "torch") else "cpu")  # bad names fail early
     if folder is not None:
         model = _ft.load_finetuned(folder, device=device, precision=precision)
     else:

@@ -227,7 +227,10 @@ def test_recorded_log_replays_to_the_same_label_map(points_engine, ultrasound, c
     assert result.mismatches == []
     np.testing.assert_array_equal(result.labels, expected)
     assert result.model["weights_sha256"] and result.model["name"] == "litemedsam_points"
-    assert result.model["backend"] in ("torch", "onnx")
+    from app.core.models.backends import BACKENDS, model_backend
+
+    assert result.model["backend"] == model_backend(points_engine.model)
+    assert result.model["backend"] in BACKENDS and result.model["backend"] != "auto"
     # effort counts every click made, the undone background click too
     assert [(e.clicks, e.boxes) for e in result.effort][:2] == [(1, 1), (2, 1)]
     # without a model, from the recorded masks (what crash recovery does)

@@ -74,15 +74,19 @@ def _assert_same(a, b, what: str) -> None:
     assert a.meaningful == b.meaningful
 
 
-@pytest.mark.parametrize("name", ["litemedsam", "litemedsam_points"])
-def test_onnx_matches_torch_on_real_images(name, cases, export_cache):
+@pytest.mark.parametrize(("name", "backend"), [("litemedsam", "onnx"),
+                                               ("litemedsam_points", "onnx"),
+                                               ("litemedsam", "openvino")])
+def test_exported_graphs_match_torch_on_real_images(name, backend, cases, export_cache):
     from app.core.models.backends import model_backend
     from app.core.models.registry import load_model
 
+    if backend == "openvino":
+        pytest.importorskip("openvino")
     status: list[str] = []
     torch_model = load_model(name, device="cpu", backend="torch")
-    onnx_model = load_model(name, device="cpu", backend="onnx", on_status=status.append)
-    assert model_backend(torch_model) == "torch" and model_backend(onnx_model) == "onnx"
+    onnx_model = load_model(name, device="cpu", backend=backend, on_status=status.append)
+    assert model_backend(torch_model) == "torch" and model_backend(onnx_model) == backend
     assert not status, "nothing is exported before first use"
     for image, gt in cases:
         et, eo = torch_model.embed(image), onnx_model.embed(image)
@@ -168,13 +172,19 @@ def test_changed_weights_are_exported_again(export_cache):
 def test_backend_names_and_auto():
     from app.core.models.backends import resolve_backend
 
-    assert resolve_backend("auto", "cpu") == "onnx"
+    import importlib.util
+
+    has_ov = importlib.util.find_spec("openvino") is not None
+    assert resolve_backend("auto", "cpu") == ("openvino+onnx" if has_ov else "onnx")
     assert resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("openvino", "cpu") == "openvino"
     assert resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("tensorrt", "cpu")
     with pytest.raises(ValueError, match="runs on the CPU"):
         resolve_backend("onnx", "cuda")
+    with pytest.raises(ValueError, match="openvino backend runs on the CPU"):
+        resolve_backend("openvino", "cuda:1")
 
 
 def test_per_image_work_runs_once_per_slice_and_never_goes_stale(cases, export_cache):
@@ -218,3 +228,33 @@ def test_per_image_work_runs_once_per_slice_and_never_goes_stale(cases, export_c
     model.predict(emb2, Prompt.from_box(mask_to_box_xyxy(gt2)))
     model.predict(emb, Prompt.from_box(box))
     assert calls == [False, True, True, False]
+
+
+def test_auto_falls_back_from_openvino_to_onnx_runtime(cases, export_cache, monkeypatch):
+    """A workstation whose OpenVINO cannot compile (a broken plugin, a frozen bundle without
+    it) still gets exported graphs: 'auto' says why and runs ONNX Runtime; asked for by name,
+    openvino fails with the reason instead."""
+    pytest.importorskip("openvino")
+    from app.core.models import _onnx
+    from app.core.models._onnx import BackendUnavailableError
+    from app.core.models.backends import model_backend
+    from app.core.models.registry import load_model
+
+    def broken(path, threads):
+        raise RuntimeError("Device with 'CPU' name is not registered in the OpenVINO Runtime")
+
+    monkeypatch.setattr(_onnx, "_open_openvino", broken)
+    image, gt = cases[0]
+    status: list[str] = []
+    model = load_model("litemedsam", device="cpu", backend="auto", on_status=status.append)
+    assert model_backend(model) == "openvino+onnx"
+    emb = model.embed(image)
+    assert model_backend(model) == "onnx"
+    assert any("not registered" in s and s.endswith("using ONNX Runtime") for s in status)
+    reference = load_model("litemedsam", device="cpu", backend="onnx")
+    box = Prompt.from_box(mask_to_box_xyxy(gt))
+    _assert_same(reference.predict(reference.embed(image), box), model.predict(emb, box),
+                 "after the fallback")
+    strict = load_model("litemedsam", device="cpu", backend="openvino")
+    with pytest.raises(BackendUnavailableError, match="not registered"):
+        strict.embed(image)
