@@ -41,7 +41,7 @@ from app.core.io._atomic import describe_os_error, write_bytes_atomic
 #: rows per part file (a part ends at the first group boundary past it)
 PART_ROWS = 100_000
 #: bytes of CSV parsed at a time (one Arrow record batch, one Parquet row group)
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 4 << 20
 INDEX = "parquet.json"
 SINGLE = "results.parquet"
 PARTS_DIR = "results.parts"
@@ -120,28 +120,50 @@ def iter_csv_range(csv_path: Path, start: int, end: int, all_columns: tuple[str,
         return
     want = list(all_columns) if columns is None else columns
     sch = schema(want)
-    r = _Range(csv_path, start, end)
+    read_options = pacsv.ReadOptions(column_names=list(all_columns), use_threads=False)
+    parse_options = pacsv.ParseOptions(newlines_in_values=False)
+    convert_options = pacsv.ConvertOptions(
+        column_types={f.name: f.type for f in sch}, include_columns=want, null_values=[""],
+        strings_can_be_null=False, quoted_strings_can_be_null=False, true_values=["true"],
+        false_values=["false"])
     try:
-        reader = pacsv.open_csv(
-            r,
-            read_options=pacsv.ReadOptions(column_names=list(all_columns),
-                                           block_size=BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(newlines_in_values=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types={f.name: f.type for f in sch}, include_columns=want,
-                null_values=[""], strings_can_be_null=False, quoted_strings_can_be_null=False,
-                true_values=["true"], false_values=["false"]),
-        )
-        for batch in reader:
+        # blocks cut at a line end, each parsed on its own: Arrow's streaming reader reads
+        # ahead without a bound (the whole file in memory), this holds one block
+        for block in _line_blocks(csv_path, start, end):
+            table = pacsv.read_csv(pa.py_buffer(block), read_options=read_options,
+                                   parse_options=parse_options,
+                                   convert_options=convert_options)
+            del block
             cols = []
-            for f, col in zip(sch, batch.columns, strict=True):
+            for f, col in zip(sch, table.columns, strict=True):
                 if pa.types.is_floating(f.type) and col.null_count:
                     col = pc.fill_null(col, float("nan"))  # as the CSV reads: NaN
                 cols.append(col)
-            yield pa.RecordBatch.from_arrays(cols, schema=sch)
+            yield from pa.Table.from_arrays(cols, schema=sch).combine_chunks().to_batches()
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise DatasetError(f"{csv_path}: not a results table written by samscope "
                            f"({str(exc).strip()[:160]})") from None
+
+
+def _line_blocks(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``[start, end)`` of ``path`` in blocks of about :data:`BLOCK_BYTES`, each ending
+    at a line end (the last one at ``end``)."""
+    r = _Range(path, start, end)
+    carry = b""
+    try:
+        while True:
+            data = r.read(BLOCK_BYTES)
+            if not data:
+                if carry:
+                    yield carry
+                return
+            block = carry + data
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:  # one line longer than a block: read on
+                carry = block
+                continue
+            carry = block[cut:]
+            yield block[:cut]
     finally:
         r.close()
 
