@@ -675,32 +675,17 @@ class _Trainer:
         return [*self.net.prompt_encoder.parameters(), *self.net.mask_decoder.parameters()]
 
     def forward(self, emb: Embedding, prompt: Prompt):
-        """All four decoder outputs: logits (4, 256, 256) and predicted IoU (4,)."""
+        """All four decoder outputs: logits (4, 256, 256) and predicted IoU (4,), through the
+        inference path's own code (``model_prompt`` + ``decoder_outputs``), with gradients."""
         import torch
 
-        hw = emb.original_size
-        dev = self.device
-        points = None
-        if prompt.has_points:
-            coords = torch.from_numpy(self.pre.points_to_model(prompt.points_xy, hw)).to(dev)
-            labels = torch.from_numpy(prompt.point_labels.astype(np.int64)).to(dev)
-            points = (coords[None], labels[None])
-        boxes = None
-        if prompt.box_xyxy is not None:
-            boxes = torch.from_numpy(self.pre.boxes_to_model(prompt.box_xyxy[None], hw)).to(dev)
-        masks = None
-        if prompt.mask_logits is not None:
-            masks = torch.from_numpy(np.asarray(prompt.mask_logits, np.float32))[None, None].to(dev)
+        boxes = None if prompt.box_xyxy is None else prompt.box_xyxy[None]
+        coords, labels, box_m, mask = self.model.model_prompt(prompt, boxes, emb.original_size)
         ctx = (torch.autocast(device_type="cuda", dtype=self.amp_dtype)
                if self.amp_dtype is not None else _null())
         with ctx:
-            sparse, dense = self.net.prompt_encoder(points=points, boxes=boxes, masks=masks)
-            low_res, iou_pred = self.net.mask_decoder.predict_masks(
-                image_embeddings=emb.features,
-                image_pe=self.net.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-            )
+            low_res, iou_pred = self.model.decoder_outputs(emb.features, coords, labels,
+                                                           box_m, mask)
         return low_res[0].float(), iou_pred[0].float()
 
     def target_lowres(self, emb: Embedding, target: np.ndarray):
@@ -758,7 +743,7 @@ class _Trainer:
     def lowres_to_mask(self, emb: Embedding, logits_256) -> np.ndarray:
         # the inference path's post-processing (Preprocessing.logits_to_masks), not a copy
         low = logits_256.detach().float().cpu().numpy()[None]
-        return self.pre.logits_to_masks(low, emb.input_size, emb.original_size)[0]
+        return self.model.logits_to_masks(emb, low)[0]
 
 
 class _null:

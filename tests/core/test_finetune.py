@@ -120,6 +120,34 @@ def fetal(shared_data):
     return load_training_samples(shared_data / "png_pairs" / "fetal_head_us")
 
 
+def test_training_decodes_through_the_inference_path(fetal):
+    """What the optimiser sees is what a user gets: the trainer's four outputs are the
+    inference path's single-mask and multimask outputs, and its masks the user's masks."""
+    import torch
+
+    from app.core.finetune import _Trainer
+    from app.core.models.registry import load_model
+
+    model = load_model("litemedsam", device="cpu", backend="torch")
+    sample = fetal[0]
+    emb = model.embed(sample.image)
+    ys, xs = np.nonzero(sample.mask)
+    trainer = _Trainer(model, "cpu", None)
+    for prompt in (Prompt(points_xy=[[xs[0], ys[0]], [5, 5]], point_labels=[1, 0]),
+                   Prompt(box_xyxy=[xs.min(), ys.min(), xs.max(), ys.max()])):
+        low, iou = trainer.forward(emb, prompt)
+        assert low.requires_grad, "training needs gradients through the decoder"
+        single = model.predict(emb, prompt, multimask=False)
+        np.testing.assert_allclose(low[:1].detach().numpy(), single.low_res_logits, atol=1e-5)
+        np.testing.assert_allclose(iou[:1].detach().numpy(), single.scores, atol=1e-6)
+        np.testing.assert_array_equal(trainer.lowres_to_mask(emb, low[0]), single.masks[0])
+        with torch.no_grad():
+            multi = model.decoder_outputs(emb.features, *model.model_prompt(
+                prompt, None if prompt.box_xyxy is None else prompt.box_xyxy[None],
+                emb.original_size))[0][0, 1:]
+        np.testing.assert_allclose(low[1:].detach().numpy(), multi.numpy(), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def trained(fetal):
     """12 steps of the shipped recipe (augmented copies, click sequences of both iterative

@@ -283,7 +283,25 @@ class SamFamilyModel:
                 return out
         return self._decode_torch(features, coords, labels, boxes, mask, multimask)
 
-    def _decode_torch(self, features, coords, labels, boxes, mask, multimask):
+    def decoder_outputs(self, features, coords: np.ndarray | None, labels: np.ndarray | None,
+                        boxes: np.ndarray | None, mask: np.ndarray | None):
+        """All four outputs of prompt encoder + mask decoder, as torch tensors: the one torch
+        path that inference (:meth:`_decode_torch`) and fine-tuning (``finetune._Trainer``)
+        share. No ``inference_mode`` here: a caller that trains gets gradients.
+
+        Parameters
+        ----------
+        features : torch tensor or ndarray (1, 256, 64, 64)
+        coords, labels, boxes, mask
+            As :meth:`_decode_net` (model-input coordinates; :meth:`model_prompt`).
+
+        Returns
+        -------
+        low_res : tensor (N, 4, 256, 256)
+            Output 0 is the single-mask head, 1..3 the multimask heads (segment-anything's
+            ``MaskDecoder.forward`` takes ``[:, 0:1]`` or ``[:, 1:]``).
+        iou : tensor (N, 4)
+        """
         import torch
 
         dev = self.device
@@ -299,19 +317,22 @@ class SamFamilyModel:
             np.asarray(boxes, np.float32)).to(dev)
         mask_t = None
         if mask is not None:
-            mask_t = torch.from_numpy(mask)[None, None].to(dev).expand(n, -1, -1, -1)
+            mask_t = torch.from_numpy(np.asarray(mask, np.float32))[None, None].to(dev)
+            mask_t = mask_t.expand(n, -1, -1, -1)
+        sparse, dense = self.net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
+        return self.net.mask_decoder.predict_masks(
+            image_embeddings=features, image_pe=self._dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+
+    def _decode_torch(self, features, coords, labels, boxes, mask, multimask):
+        import torch
+
         with torch.inference_mode(), self._autocast():
-            sparse, dense = self.net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
-            low_res, iou = self.net.mask_decoder(
-                image_embeddings=features,
-                image_pe=self._dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+            low_res, iou = self.decoder_outputs(features, coords, labels, boxes, mask)
+            sl = slice(1, None) if multimask else slice(0, 1)
             # (n, k, 256, 256) -> (n*k, 256, 256): one box per row, or k alternatives for one
-            low_res = low_res.float().reshape(-1, *low_res.shape[-2:])
-            scores = iou.float().reshape(-1)
+            low_res = low_res[:, sl].float().reshape(-1, *low_res.shape[-2:])
+            scores = iou[:, sl].float().reshape(-1)
         return (low_res.cpu().numpy().astype(np.float32, copy=False),
                 scores.cpu().numpy().astype(np.float32, copy=False))
 
@@ -327,17 +348,11 @@ class SamFamilyModel:
             self._pe_stamp = stamp
         return self._pe
 
-    def _decode(self, embedding: Embedding, prompt: Prompt, boxes: np.ndarray | None,
-                multimask: bool) -> Candidates:
-        if embedding.model_name != self.name:
-            raise ValueError(
-                f"embedding was computed by {embedding.model_name!r}, not by {self.name!r}")
-        if prompt.is_empty and boxes is None:
-            raise PromptNotSupportedError("a prompt needs at least one point, a box or a mask")
-        prompt.validate_for(embedding.original_size)
-        hw = embedding.original_size
+    def model_prompt(self, prompt: Prompt, boxes: np.ndarray | None, hw: tuple[int, int]):
+        """``prompt`` (and ``boxes`` (N, 4), original pixels) in model-input coordinates:
+        ``(coords (P, 2) | None, labels (P,) | None, boxes (N, 4) | None, mask (256, 256) |
+        None)``, as :meth:`_decode_net` and :meth:`decoder_outputs` take them."""
         pre = self.preprocessing
-
         coords = labels = None
         if prompt.has_points:
             coords = pre.points_to_model(prompt.points_xy, hw)
@@ -348,7 +363,19 @@ class SamFamilyModel:
             mask = np.ascontiguousarray(prompt.mask_logits, np.float32)
             if mask.shape != (256, 256):
                 raise ValueError(f"mask_logits must have shape (256, 256); got {mask.shape}")
+        return coords, labels, box_m, mask
 
+    def _decode(self, embedding: Embedding, prompt: Prompt, boxes: np.ndarray | None,
+                multimask: bool) -> Candidates:
+        if embedding.model_name != self.name:
+            raise ValueError(
+                f"embedding was computed by {embedding.model_name!r}, not by {self.name!r}")
+        if prompt.is_empty and boxes is None:
+            raise PromptNotSupportedError("a prompt needs at least one point, a box or a mask")
+        prompt.validate_for(embedding.original_size)
+        hw = embedding.original_size
+        pre = self.preprocessing
+        coords, labels, box_m, mask = self.model_prompt(prompt, boxes, hw)
         multimask_out = bool(multimask and self.capabilities.meaningful_multimask)
         low_res, scores = self._decode_net(embedding.features, coords, labels, box_m, mask,
                                            multimask_out)
