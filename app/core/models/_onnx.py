@@ -315,9 +315,7 @@ class OnnxRuntime:
         other = sorted({self.runs_on[p] for p in paths} - {"onnxruntime"})
         if not other:
             return
-        import importlib.metadata
-
-        tag = "-".join(f"{r}{importlib.metadata.version(r)}" for r in other)
+        tag = "-".join(f"{r}{_version(r)}" for r in other)
         first = next(iter(paths.values()))  # one marker per export (decoder: its pair)
         marker = first.with_name(f"{first.stem}.{tag}.checked")
         if marker.is_file():
@@ -479,6 +477,15 @@ def _open_openvino(path: Path, threads: int) -> Callable[[dict], list]:
         return [np.array(result[o]) for o in outputs]  # a copy: the request reuses its buffers
 
     return run
+
+
+def _version(package: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # e.g. a bundle without the metadata
+        return str(getattr(importlib.import_module(package), "__version__", "unknown"))
 
 
 def _loads_in_onnxruntime(paths: dict[str, Path]) -> bool:
