@@ -152,23 +152,6 @@ def _mask_arrays(mask):
     return np.asarray(mask, np.float32).reshape(1, 1, 256, 256), np.ones(1, np.float32)
 
 
-def _reference_decode(net, feats, coords, labels, box, mask):
-    """segment-anything's own path (``PromptEncoder`` + ``MaskDecoder.predict_masks``): what
-    the graphs must reproduce. Arrays in model-input pixels, any of them ``None``."""
-    import torch
-
-    def t(a):
-        return torch.from_numpy(np.asarray(a, np.float32))
-
-    points = None if coords is None else (t(coords)[None], t(labels)[None].to(torch.int64))
-    masks = None if mask is None else t(mask).reshape(1, 1, 256, 256)
-    boxes = None if box is None else t(box).reshape(1, 4)
-    sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=masks)
-    return net.mask_decoder.predict_masks(
-        image_embeddings=feats, image_pe=net.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
-
-
 def _as_numpy(features) -> np.ndarray:
     if isinstance(features, np.ndarray):
         return np.ascontiguousarray(features, np.float32)
@@ -337,6 +320,8 @@ class OnnxRuntime:
         modules on an example (else: refuse them)."""
         import torch
 
+        from app.core.models._sam_family import decoder_outputs
+
         rng = np.random.default_rng(0)
         cases = []
         if part == "encoder":
@@ -353,7 +338,8 @@ class OnnxRuntime:
                                          (point[:1], np.array([1]), box, mask),
                                          (None, None, box, None)):
                 with torch.inference_mode():
-                    ref = _reference_decode(net, torch.from_numpy(feats), coords, labels, b, m)
+                    ref = decoder_outputs(net, feats, coords, labels,
+                                          None if b is None else b[None], m)
                 got = _run_decoder(runs, feats, coords, labels, b, m)
                 cases.append((list(ref), got))
         for ref, got in cases:
