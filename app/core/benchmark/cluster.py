@@ -219,7 +219,7 @@ class RayPool:
             ds, ref = cases[ci]
             if ds.name not in tasks_of:
                 tasks_of[ds.name] = {t.label: t.name for t in ds.tasks}
-            done = frozenset(store.done_by_image.get((ref.dataset, str(ref.image)), ()))
+            done = store.done_for_image(ref.dataset, str(ref.image))
             fut = self.actors[ai].run_case.remote(ci, tasks_of[ds.name], ref, done)
             pending[fut] = (ai, ci, attempt)
             inflight[ai] += 1

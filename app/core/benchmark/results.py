@@ -32,17 +32,18 @@ A run folder ``OUT`` holds:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from app.core.benchmark import _parquet
-from app.core.errors import DatasetError, RunFolderError
+from app.core.errors import DatasetError, RunFolderError, WriteError
 from app.core.io._atomic import append_durable, write_bytes_atomic
 
 __all__ = [
@@ -118,28 +119,28 @@ class ResultsStore:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "results.csv"
-        self.done: set[str] = set()
         self.rows_existing = 0
         #: plan digests found in the complete groups
         self.digests: set[str] = set()
         #: (group id, reason) of the groups dropped on resume
         self.dropped: list[tuple[str, str]] = []
-        #: (dataset, image_path) -> ids of its complete groups (what a Ray worker may skip)
-        self.done_by_image: dict[tuple[str, str], set[str]] = {}
-        self._kept_lines: list[bytes] = []
+        self._done = _GroupSet()
+        self._by_image: tuple[Any, Any] | None = None  # (image keys, group keys), sorted
+        self._drop_lines: list[tuple[int, int]] = []  # [first, end) line numbers to drop
         self._needs_repair = False
         self._check_masks = check_masks
-        lines = self._read_lines() if self.path.exists() else None
-        if lines:
+        has_rows = self._scan(keep=resume) if self.path.exists() else False
+        if has_rows:
             if not resume:
                 raise DatasetError(
                     f"{self.path} already exists: pass --resume to continue that run, "
                     "or choose another output folder"
                 )
-            self._load(lines)
         else:
             # absent, empty or header-only (a start that failed before any row): start afresh
             write_bytes_atomic(self.path, _HEADER)
+            self._needs_repair = False
+            self.dropped = []
         #: the Parquet parts that hold the CSV up to byte ``_covered`` (see :mod:`._parquet`)
         self._parts: list[dict[str, Any]] = []
         self._covered = self._size = len(_HEADER)
@@ -151,68 +152,160 @@ class ResultsStore:
     def columns() -> tuple[str, ...]:
         return COLUMNS
 
-    # --- reading --------------------------------------------------------------------------
-    def _read_lines(self) -> list[bytes]:
-        """The data lines of the table (the header checked and removed); [] when none."""
-        raw = self.path.read_bytes()
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise DatasetError(
-                f"{self.path}: not UTF-8 text (byte {exc.start}, line {line}): not a results "
-                "table written by samscope; move it away or choose another output folder"
-            ) from None
-        if not raw.strip():
-            return []
-        lines = raw.split(b"\n")
-        header = lines[0].rstrip(b"\r").decode("utf-8")
-        if tuple(header.split(",")) != COLUMNS:
-            raise DatasetError(
-                f"{self.path}: columns differ from this version's ({header[:80]}...); "
-                "resume with the version that wrote it, or start a new folder"
-            )
-        if lines[-1] == b"":
-            lines.pop()
-        else:
-            # killed in the middle of a write: the last line is incomplete
-            self._needs_repair = True
-            self.dropped.append(("", "a cut-off last line"))
-            lines.pop()
-        return lines[1:]
+    @property
+    def done(self) -> _GroupSet:
+        """The ids of the complete groups found on resume (``in``, ``len``; 8 bytes each)."""
+        return self._done
 
-    def _load(self, lines: list[bytes]) -> None:
-        groups: dict[str, list[tuple[int, dict[str, str]]]] = {}
-        for i, line in enumerate(lines):
-            fields_ = next(csv.reader([line.decode("utf-8")]), [])
-            if len(fields_) != len(COLUMNS):
-                self._needs_repair = True
-                self.dropped.append(("", f"line {i + 2}: {len(fields_)} fields"))
-                continue
-            row = dict(zip(COLUMNS, fields_, strict=True))
-            if _crc(fields_[:-1]) != row["row_crc"]:
-                row["group_rows"] = "damaged"  # fails its group's check below
-            groups.setdefault(row["group"], []).append((i, row))
-        keep: list[int] = []
-        for gid, members in groups.items():
-            reason = self._incomplete(gid, [r for _, r in members])
-            if reason:
-                self._needs_repair = True
-                self.dropped.append((gid, reason))
-                continue
-            self.done.add(gid)
-            first = members[0][1]
-            self.digests.add(first["plan_digest"])
-            self.done_by_image.setdefault((first["dataset"], first["image_path"]), set()).add(gid)
-            keep.extend(i for i, _ in members)
-        keep.sort()
-        self._kept_lines = [lines[i] for i in keep]
-        self.rows_existing = len(keep)
+    def done_for_image(self, dataset: str, image_path: str) -> frozenset[str]:
+        """Ids of the complete groups of one image (what a Ray worker may skip)."""
+        import numpy as np
+
+        if self._by_image is None:
+            return frozenset()
+        keys, gids = self._by_image
+        k = np.uint64(_image_key(dataset, image_path))
+        lo, hi = np.searchsorted(keys, k, "left"), np.searchsorted(keys, k, "right")
+        return frozenset(f"{int(g):016x}" for g in gids[lo:hi])
+
+    @property
+    def done_by_image(self) -> dict[str, int]:
+        """Image key -> number of its complete groups (for inspection; O(images))."""
+        import numpy as np
+
+        if self._by_image is None:
+            return {}
+        keys, counts = np.unique(self._by_image[0], return_counts=True)
+        return {f"{int(k):016x}": int(c) for k, c in zip(keys, counts, strict=True)}
+
+    # --- reading --------------------------------------------------------------------------
+    def _scan(self, keep: bool) -> bool:
+        """One streamed pass over ``results.csv``: check the header and the text, find the
+        complete groups (``keep``: remember them compactly, and what to drop). Returns
+        whether the table has data lines. Memory: a few integers per group, never the rows.
+
+        A group's rows are written in one append, so they are consecutive lines: each run
+        of lines with one group id is checked on its own (:meth:`_incomplete`), and an id
+        found in two runs (two writers) drops every one of its runs.
+        """
+        from array import array
+
+        import numpy as np
+
+        runs_gid, runs_img, runs_first, runs_n = array("Q"), array("Q"), array("q"), array("q")
+        runs_digest = array("H")
+        digests: list[str] = []
+        run: list[dict[str, str]] = []
+        run_start = 0
+        has_rows = False
+
+        def close_run() -> None:
+            if not run:
+                return
+            gid = run[0]["group"]
+            reason = self._incomplete(gid, run)
+            key = int(gid, 16) if len(gid) == 16 and _is_hex(gid) else None
+            if reason or key is None:
+                self._drop(run_start, run_start + len(run), gid, reason or
+                           f"{_where(run[0])}: a damaged group id")
+                if key is not None:  # still counts as a run of that id (doubled?)
+                    runs_gid.append(key)
+                    runs_img.append(0)
+                    runs_first.append(run_start)
+                    runs_n.append(-len(run))
+                    runs_digest.append(0)
+                return
+            d = run[0]["plan_digest"]
+            if d not in digests:
+                digests.append(d)
+            runs_gid.append(key)
+            runs_img.append(_image_key(run[0]["dataset"], run[0]["image_path"]))
+            runs_first.append(run_start)
+            runs_n.append(len(run))
+            runs_digest.append(digests.index(d))
+
+        with self.path.open("rb") as fh:
+            first = fh.readline()
+            offset = len(first)
+            self._utf8(first, 0, 1)
+            if not first.strip():
+                if not any(line.strip() for line in fh):
+                    return False  # empty or blank: a new table
+            header = first.rstrip(b"\n").rstrip(b"\r").decode("utf-8")
+            if tuple(header.split(",")) != COLUMNS:
+                raise DatasetError(
+                    f"{self.path}: columns differ from this version's ({header[:80]}...); "
+                    "resume with the version that wrote it, or start a new folder"
+                )
+            line_no = 1
+            for raw in fh:
+                line_no += 1
+                text = self._utf8(raw, offset, line_no)
+                offset += len(raw)
+                if not raw.endswith(b"\n"):
+                    # killed in the middle of a write: the last line is incomplete
+                    close_run()
+                    run = []
+                    self._drop(line_no, line_no + 1, "", "a cut-off last line")
+                    break
+                has_rows = True
+                if not keep:
+                    continue
+                fields_ = next(csv.reader([text[:-1]]), [])
+                if len(fields_) != len(COLUMNS):
+                    close_run()
+                    run = []
+                    self._drop(line_no, line_no + 1, "",
+                               f"line {line_no}: {len(fields_)} fields")
+                    continue
+                row = dict(zip(COLUMNS, fields_, strict=True))
+                if _crc(fields_[:-1]) != row["row_crc"]:
+                    row["group_rows"] = "damaged"  # fails its group's check
+                if run and row["group"] != run[0]["group"]:
+                    close_run()
+                    run = []
+                if not run:
+                    run_start = line_no
+                run.append(row)
+            close_run()
+        if not (keep and has_rows):
+            return has_rows
+        gids = np.frombuffer(runs_gid, np.uint64)
+        n = np.frombuffer(runs_n, np.int64)
+        uniq, counts = np.unique(gids, return_counts=True)
+        doubled = np.isin(gids, uniq[counts > 1])
+        for i in np.flatnonzero(doubled & (n > 0)):  # the others are dropped already
+            first_line = int(runs_first[i])
+            self._drop(first_line, first_line + int(n[i]), f"{int(gids[i]):016x}",
+                       f"rows doubled (group {int(gids[i]):016x} written twice)")
+        ok = ~doubled & (n > 0)
+        self._done = _GroupSet(gids[ok])
+        order = np.argsort(np.frombuffer(runs_img, np.uint64)[ok], kind="stable")
+        self._by_image = (np.frombuffer(runs_img, np.uint64)[ok][order], gids[ok][order])
+        self.digests = {digests[i] for i in np.unique(np.frombuffer(runs_digest, np.uint16)[ok])}
+        self.rows_existing = int(n[ok].sum())
+        self._drop_lines.sort()
+        return has_rows
+
+    def _drop(self, first: int, end: int, gid: str, reason: str) -> None:
+        self._needs_repair = True
+        self.dropped.append((gid, reason))
+        self._drop_lines.append((first, end))
+
+    def _utf8(self, raw: bytes, offset: int, line: int) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"{self.path}: not UTF-8 text (byte {offset + exc.start}, line {line}): not a "
+                "results table written by samscope; move it away or choose another output "
+                "folder"
+            ) from None
 
     def _incomplete(self, gid: str, rows: list[dict[str, str]]) -> str:
         """Why the group's rows are not a whole group ('' when they are)."""
         first = rows[0]
-        where = f"{first['case']} {first['method']} {first['protocol']} r{first['repeat']}"
+        where = _where(first)
         if not gid:
             return f"{where}: rows without a group id"
         declared = {r["group_rows"] for r in rows}
@@ -234,14 +327,37 @@ class ResultsStore:
         return ""
 
     def repair(self) -> int:
-        """Rewrite ``results.csv`` with only the complete groups (atomically); rows dropped."""
+        """Rewrite ``results.csv`` with only the complete groups (atomically, streamed line
+        by line); returns the number of groups (or lines) dropped."""
         if not self._needs_repair:
             return 0
-        write_bytes_atomic(self.path, _HEADER + b"".join(ln + b"\n" for ln in self._kept_lines))
+        drops = self._drop_lines
+
+        def kept() -> Iterator[bytes]:
+            k = 0
+            buf: list[bytes] = []
+            size = 0
+            with self.path.open("rb") as fh:
+                fh.readline()  # the header: written anew
+                for line_no, raw in enumerate(fh, start=2):
+                    while k < len(drops) and drops[k][1] <= line_no:
+                        k += 1
+                    if k < len(drops) and drops[k][0] <= line_no < drops[k][1]:
+                        continue
+                    if not raw.endswith(b"\n"):
+                        continue  # a cut-off last line
+                    buf.append(raw)
+                    size += len(raw)
+                    if size >= 1 << 20:
+                        yield b"".join(buf)
+                        buf, size = [], 0
+            yield b"".join(buf)
+
+        _rewrite_atomic(self.path, kept())
         self._needs_repair = False
-        self._kept_lines = []
+        self._drop_lines = []
         self._sync_parts()
-        return sum(1 for _ in self.dropped)
+        return len(self.dropped)
 
     # --- writing --------------------------------------------------------------------------
     def is_done(self, group: str) -> bool:
@@ -350,6 +466,71 @@ def _png_ok(path: Path) -> bool:
     except OSError:
         return False
     return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
+
+
+class _GroupSet:
+    """Group ids (16 hex digits) held as a sorted array of 64-bit integers."""
+
+    def __init__(self, keys: Any = None) -> None:
+        import numpy as np
+
+        self._keys = np.unique(np.asarray([] if keys is None else keys, np.uint64))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, gid: object) -> bool:
+        import numpy as np
+
+        if not (isinstance(gid, str) and len(gid) == 16 and _is_hex(gid)) or not len(self):
+            return False
+        k = np.uint64(int(gid, 16))
+        i = int(np.searchsorted(self._keys, k))
+        return i < len(self._keys) and self._keys[i] == k
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"{int(k):016x}" for k in self._keys)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_hex(text: str) -> bool:
+    return set(text) <= _HEX
+
+
+def _image_key(dataset: str, image_path: str) -> int:
+    """64-bit key of an image (dataset, path): where its done groups are found."""
+    import hashlib
+
+    h = hashlib.blake2b(f"{dataset}\0{image_path}".encode("utf-8", "surrogateescape"),
+                        digest_size=8)
+    return int.from_bytes(h.digest(), "big")
+
+
+def _where(row: dict[str, str]) -> str:
+    return f"{row['case']} {row['method']} {row['protocol']} r{row['repeat']}"
+
+
+def _rewrite_atomic(path: Path, chunks: Iterable[bytes]) -> None:
+    """Replace ``path`` with ``_HEADER`` + ``chunks`` (temp file beside it, fsync, rename)."""
+    import secrets
+
+    from app.core.io._atomic import describe_os_error
+
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(_HEADER)
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteError(describe_os_error(path, exc)) from exc
 
 
 def _have_pyarrow() -> bool:

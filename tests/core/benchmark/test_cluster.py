@@ -212,7 +212,7 @@ def test_resume_after_the_driver_is_killed(ray_address, many_kw, many_reference,
     proc.stderr.close()
     before = ResultsStore(out, resume=True, check_masks=True)
     groups_per_image = 6  # five modes and one click run
-    whole = sum(len(g) == groups_per_image for g in before.done_by_image.values())
+    whole = sum(n == groups_per_image for n in before.done_by_image.values())
     assert 0 < whole < 14, whole
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env,
                           timeout=300)
