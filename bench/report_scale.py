@@ -201,7 +201,8 @@ def main() -> int:
                   f"(peak RSS of the builder so far "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
         csv_mb = (folder / "results.csv").stat().st_size / 2**20
-        pq_mb = (folder / "results.parquet").stat().st_size / 2**20
+        pq_mb = sum((folder / p["file"]).stat().st_size for p in json.loads(
+            (folder / "parquet.json").read_text())["parts"]) / 2**20  # one file or parts
         rows = int(json.loads((folder / "manifest.json").read_text())["rows"])
         print(f"{folder}: {rows} rows, results.csv {csv_mb:.0f} MiB, results.parquet "
               f"{pq_mb:.0f} MiB")
