@@ -107,7 +107,7 @@ def main() -> int:
                            else Qt.CheckState.Unchecked)
     bench.out_edit.setText(str(work / "run"))
     bench.run()
-    _wait(app, lambda: not bench.running, 900, "the benchmark")
+    _wait(app, lambda: not bench.running and not bench.loading, 900, "the benchmark")
     if "IoU per mode" in bench.figure_tabs:
         bench.tabs.setCurrentWidget(bench.figure_tabs["IoU per mode"])
     from qtpy.QtWidgets import QScrollArea

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
+    QTableView,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -79,6 +80,16 @@ class _Signals(QObject):
     log = Signal(str)
     finished = Signal(str, object)  # (status, error)
     report_ready = Signal(object, object)  # (path, error)
+    results_loaded = Signal(object)  # _Loaded
+
+
+class _Loaded:
+    """What a background read of the results gives the GUI thread."""
+
+    def __init__(self, token: int, final: bool, df=None, files=None, summary=None,
+                 error: Exception | None = None, unchanged: bool = False) -> None:
+        self.token, self.final, self.df, self.files = token, final, df, files
+        self.summary, self.error, self.unchanged = summary, error, unchanged
 
 
 class _NumericItem(QTableWidgetItem):
@@ -110,8 +121,12 @@ class BenchmarkDock(QWidget):
         self.viewer = napari_viewer
         self.suite = None
         self.out_dir: Path | None = None
-        self.results = None  # pandas DataFrame of results.csv
+        self.results = None  # pandas DataFrame: results.csv's analysis columns
+        self.files = None  # its rows that name saved masks, with paths and prompts
         self.summary = None
+        self._load_token = 0  # the newest background read of the results
+        self._loading: int | None = None
+        self._figures_after_load = False
         self.status = "idle"  # idle | running | done | cancelled | interrupted | failed
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,6 +136,7 @@ class BenchmarkDock(QWidget):
         self._signals.log.connect(self._on_log)
         self._signals.finished.connect(self._on_finished)
         self._signals.report_ready.connect(self._on_report_ready)
+        self._signals.results_loaded.connect(self._on_results_loaded)
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(2000)
         self._refresh_timer.timeout.connect(self.refresh_results)
@@ -298,8 +314,18 @@ class BenchmarkDock(QWidget):
 
         self.tabs = QTabWidget()
         self.summary_table = self._make_table(_SUMMARY_COLUMNS)
-        self.cases_table = self._make_table(_CASE_COLUMNS)
-        self.cases_table.cellDoubleClicked.connect(self._on_case_double_clicked)
+        # a view over a model: a run's rows are drawn as they scroll into sight, not built
+        # as one widget item per cell (10^6 of them for a 10^5-row run)
+        from app.widgets.frame_model import FrameModel
+
+        self.cases_model = FrameModel(self)
+        self.cases_table = QTableView()
+        self.cases_table.setModel(self.cases_model)
+        self.cases_table.setSortingEnabled(True)
+        self.cases_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.cases_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.cases_table.setMinimumHeight(160)
+        self.cases_table.doubleClicked.connect(self._on_case_double_clicked)
         self.cases_table.setToolTip("Double-click a row to open the case in the viewer")
         self.tabs.addTab(self.summary_table, "Summary")
         self.tabs.addTab(self.cases_table, "Cases")
@@ -531,9 +557,8 @@ class BenchmarkDock(QWidget):
         else:
             self.progress.setValue(1000)
             self._on_log(f"Done: {self.out_dir}")
-        self.refresh_results()
-        if status == "done":
-            self.show_figures()
+        self._figures_after_load = status == "done"
+        self.refresh_results(final=True)
         self._update_buttons()
 
     @property
@@ -561,31 +586,73 @@ class BenchmarkDock(QWidget):
         self.out_edit.setText(str(path))
         self.status = "done" if manifest.get("status") == "done" else "interrupted"
         self._on_log(f"Opened {path}: {manifest.get('status', '?')}")
-        self.refresh_results()
-        self.show_figures()
+        self._figures_after_load = True
+        self.refresh_results(final=True)
         self._update_buttons()
         return True
 
-    def refresh_results(self) -> None:
-        """Reload results.csv into the tables."""
+    @property
+    def loading(self) -> bool:
+        """A read of the results is under way (the tables and figures follow it)."""
+        return self._loading is not None
+
+    def refresh_results(self, final: bool | None = None) -> None:
+        """Read the run's results in a background thread, then show them in the tables.
+
+        While a run goes (the 2 s timer) a read is skipped when one is still under way, and
+        the summary takes 200 resamples; a final read (the run ended, a folder opened) takes
+        2000, also reads the rows that name saved masks (for the figures), and draws the
+        figures when asked. Only the analysis columns are read (a column projection).
+        """
         if self.out_dir is None or not (self.out_dir / "results.csv").is_file():
             return
-        from app.core.benchmark import load_results, summarize
+        if final is None:
+            final = self.status != "running"
+        if self._loading is not None and not final:
+            return  # the previous tick's read is still going
+        self._load_token += 1
+        token, out = self._load_token, self.out_dir
+        shown = None if self.results is None else len(self.results)
+        emit = self._signals.results_loaded.emit
 
-        try:
-            df = load_results(self.out_dir)
-        except Exception:  # noqa: BLE001 - a half-written file: try again next tick
+        def work():
+            try:
+                from app.core.benchmark import load_results, summarize
+                from app.core.benchmark.report import ANALYSIS_COLUMNS, file_rows
+
+                df = load_results(out, columns=ANALYSIS_COLUMNS)
+                if not final and shown == len(df):
+                    emit(_Loaded(token, final, unchanged=True))  # nothing new since the last
+                    return
+                summary = summarize(df, n_boot=2000 if final else 200) if len(df) else None
+                files = file_rows(out, df) if final else None
+                emit(_Loaded(token, final, df, files, summary))
+            except Exception as exc:  # noqa: BLE001 - a half-written file: the next tick
+                emit(_Loaded(token, final, error=exc))
+
+        self._loading = token
+        threading.Thread(target=work, name="samscope-results", daemon=True).start()
+
+    def _on_results_loaded(self, r: _Loaded) -> None:
+        if r.token != self._load_token:
+            return  # superseded by a newer read
+        self._loading = None
+        if r.error is not None:
+            if r.final:
+                self._on_log(f"Cannot read the results of {self.out_dir}: {r.error}")
             return
-        if (self.status == "running" and self.results is not None
-                and len(self.results) == len(df)):
-            return  # nothing new since the last tick
-        self.results = df
-        # while a run goes, a quick interval (the final table gets the report's 2000 resamples)
-        n_boot = 200 if self.status == "running" else 2000
-        self.summary = summarize(df, n_boot=n_boot) if len(df) else None
+        if r.unchanged:
+            return
+        self.results, self.summary = r.df, r.summary
+        if r.final:
+            self.files = r.files
         self._fill_table(self.summary_table, self.summary, _SUMMARY_COLUMNS)
-        self._mark_unanswerable(df)
-        self._fill_table(self.cases_table, df, _CASE_COLUMNS, keep_index=True)
+        self._mark_unanswerable(r.df)
+        self.cases_model.set_frame(r.df, _CASE_COLUMNS)
+        self.cases_table.resizeColumnsToContents()
+        if r.final and self._figures_after_load:
+            self._figures_after_load = False
+            self.show_figures()
 
     def unanswerable(self, df) -> set[tuple[str, str]]:
         """(method, protocol) pairs whose every row is a prompt the method is not meant for
@@ -651,6 +718,8 @@ class BenchmarkDock(QWidget):
 
         df = self.results
         out = self.out_dir
+        # the figures that draw saved masks read the rows naming them (paths, prompts)
+        files = self.files if self.files is not None else df.iloc[:0]
         methods = sorted(df["method"].unique())
         protos = set(df["protocol"].astype(str))
         makers = [("IoU per mode", lambda: figures.fig_modes(df))]
@@ -658,23 +727,24 @@ class BenchmarkDock(QWidget):
             proto = "paper" if "paper" in protos else "standard"
             makers.append(("IoU vs clicks", lambda: figures.fig_clicks(df, proto)))
             makers.append(("Clicks (Fig. 6)",
-                           lambda: figures.fig_iterative(df, out, protocol=proto)))
+                           lambda: figures.fig_iterative(files, out, protocol=proto)))
         size_proto = "mode5" if "mode5" in protos else sorted(protos)[0]
         makers.append(("Size vs IoU", lambda: figures.fig_size(df, size_proto)))
         if len(methods) >= 2:
             makers.append((f"ΔIoU {methods[0]} − {methods[1]}",
                            lambda: figures.fig_delta(df, methods[0], methods[1])))
-        cands = [m for m in methods if "candidates_file" in df and
-                 (df.loc[df["method"] == m, "candidates_file"].astype(str) != "").any()]
+        cands = [m for m in methods if "candidates_file" in files and
+                 (files.loc[files["method"] == m, "candidates_file"].astype(str) != "").any()]
         if cands:
             makers.append(("Ambiguity (Fig. 7)",
-                           lambda: figures.fig_ambiguity(df, out, cands[0])))
-        ev_rows = df[df["protocol"].astype(str).str.fullmatch(r"everything\d+")
-                     & (df["mask_file"].astype(str) != "")]
+                           lambda: figures.fig_ambiguity(files, out, cands[0])))
+        ev_rows = files[files["protocol"].astype(str).str.fullmatch(r"everything\d+")
+                        & (files["mask_file"].astype(str) != "")] if "mask_file" in files \
+            else files.iloc[:0]
         every = sorted(ev_rows["method"].unique())  # models skipped there have no label maps
         if every:
             makers.append(("Everything (Fig. 9)",
-                           lambda: figures.fig_everything(df, out, every[0])))
+                           lambda: figures.fig_everything(files, out, every[0])))
         makers.append(("Difficulty", lambda: figures.fig_difficulty(
             difficulty_table(df, n_boot=500))))
         for name, widget in list(self.figure_tabs.items()):
@@ -724,11 +794,16 @@ class BenchmarkDock(QWidget):
     # ======================================================================================
     # open a case in the viewer
     # ======================================================================================
-    def _on_case_double_clicked(self, row: int, _col: int) -> None:
-        item = self.cases_table.item(row, 0)
-        if item is None or self.results is None:
+    def _on_case_double_clicked(self, index) -> None:
+        if not index.isValid() or self.results is None or self.out_dir is None:
             return
-        self.open_case(self.results.loc[item.data(Qt.ItemDataRole.UserRole)])
+        key = self.cases_model.row_key(index.row())
+        try:
+            row = _full_row(self.out_dir, int(key))
+        except Exception as exc:  # noqa: BLE001 - a damaged or changed file, named
+            self._on_log(f"Cannot open the case: {exc}")
+            return
+        self.open_case(row)
 
     def open_case(self, row) -> list:
         """Show one results row in the viewer: image, ground truth, prediction, prompts."""
@@ -788,6 +863,19 @@ class _FigureView(QScrollArea):
         # tall enough to show the whole figure without a second vertical scroll bar (up to a
         # screenful), the dock's own scroll area takes the rest
         self.setMinimumHeight(min(int(h) + 24, 720))
+
+
+def _full_row(out_dir: Path, position: int):
+    """Every column of results row ``position`` (its place in the table), read a chunk at a
+    time: the paths and prompts a case needs are not kept for every row in memory."""
+    from app.core.benchmark.results import COLUMNS, iter_result_frames
+
+    start = 0
+    for chunk in iter_result_frames(out_dir, COLUMNS, 50_000):
+        if position < start + len(chunk):
+            return chunk.iloc[position - start]
+        start += len(chunk)
+    raise IndexError(f"{out_dir / 'results.csv'} has no row {position} (it has {start})")
 
 
 def _import_model_libraries() -> None:

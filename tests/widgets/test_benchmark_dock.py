@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+from qtpy.QtCore import QPoint, Qt
 
 pytestmark = pytest.mark.gui
 
@@ -40,7 +41,6 @@ def _plan_controls(dock, modes):
 
 
 def _only_method(dock, name):
-    from qtpy.QtCore import Qt
 
     for i in range(dock.methods_list.count()):
         item = dock.methods_list.item(i)
@@ -57,25 +57,35 @@ def test_run_to_the_end_shows_table_figures_and_opens_a_case(bench, qtbot, share
     _plan_controls(bench, {3, 5})
     bench.out_edit.setText(str(tmp_path / "run"))
     assert bench.run()
-    qtbot.waitUntil(lambda: not bench.running, timeout=240_000)
+    qtbot.waitUntil(lambda: not bench.running and not bench.loading, timeout=240_000)
     assert bench.status == "done", bench.log_label.text()
     df = bench.results
     assert set(df["protocol"]) == {"mode3", "mode5"} and set(df["case"]) == {"006_HC", "033_HC"}
     # a tight box on a single-component head: LiteMedSAM's real IoU (0.69 on 006_HC)
     assert df["iou"].mean() > 0.6
     assert bench.summary_table.rowCount() == len(bench.summary) >= 2
-    assert bench.cases_table.rowCount() == len(df)
+    view, model = bench.cases_table, bench.cases_model
+    assert model.rowCount() == len(df)
     assert "IoU per mode" in bench.figure_tabs
     assert (tmp_path / "run" / "report.html").is_file()
-    # sortable by IoU
-    col = [bench.cases_table.horizontalHeaderItem(c).text()
-           for c in range(bench.cases_table.columnCount())].index("iou")
-    bench.cases_table.sortItems(col)
-    ious = [float(bench.cases_table.item(r, col).text()) for r in range(len(df))]
-    assert ious == sorted(ious)
-    # double-click → image, truth, prediction and the box as layers
+    # the Cases tab, sortable by IoU: a click on the column's header, as the user sorts
+    bench.viewer.window.show()
+    bench.tabs.setCurrentWidget(view)
+    qtbot.waitUntil(view.isVisible, timeout=5_000)
+    col = model.columns.index("iou")
+    header = view.horizontalHeader()
+    qtbot.mouseClick(header.viewport(), Qt.MouseButton.LeftButton,
+                     pos=QPoint(header.sectionViewportPosition(col) + 5, header.height() // 2))
+    shown = [float(model.data(model.index(r, col))) for r in range(len(df))]
+    assert shown == sorted(shown) or shown == sorted(shown, reverse=True)
+    assert sorted(shown) == sorted(round(v, 3) for v in df["iou"])
+    # double-click on the first row → image, truth, prediction and the box as layers
     n_before = len(bench.viewer.layers)
-    bench._on_case_double_clicked(0, 0)
+    at = view.visualRect(model.index(0, 0)).center()
+    # a double-click is a press and release, then a second press that Qt reports as double
+    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=at)
+    qtbot.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, pos=at)
+    assert str(model.value(0, "case")) in bench.log_label.text()
     names = [layer.name for layer in bench.viewer.layers][n_before:]
     assert any(n.endswith(": image") for n in names)
     assert any(n.endswith(": truth") for n in names)
@@ -99,7 +109,7 @@ def test_cancel_leaves_a_resumable_folder(bench, qtbot, shared_data, tmp_path):
     qtbot.waitUntil(lambda: (out / "results.csv").is_file() and
                     len((out / "results.csv").read_text().splitlines()) >= 2, timeout=120_000)
     bench.cancel()
-    qtbot.waitUntil(lambda: not bench.running, timeout=120_000)
+    qtbot.waitUntil(lambda: not bench.running and not bench.loading, timeout=120_000)
     assert bench.status == "cancelled"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
@@ -107,7 +117,7 @@ def test_cancel_leaves_a_resumable_folder(bench, qtbot, shared_data, tmp_path):
     assert 2 <= len(done_before) < 1 + len(stems)
     assert bench.resume_button.isEnabled()
     assert bench.resume()
-    qtbot.waitUntil(lambda: not bench.running, timeout=240_000)
+    qtbot.waitUntil(lambda: not bench.running and not bench.loading, timeout=240_000)
     assert bench.status == "done"
     lines = (out / "results.csv").read_text().splitlines()
     assert lines[: len(done_before)] == done_before  # resume changes nothing that was done
@@ -142,7 +152,7 @@ def test_default_plan_output_and_rows_a_method_cannot_answer(bench, qtbot, share
     _plan_controls(bench, {1, 3})
     bench.out_edit.setText(out)
     assert bench.run()
-    qtbot.waitUntil(lambda: not bench.running, timeout=240_000)
+    qtbot.waitUntil(lambda: not bench.running and not bench.loading, timeout=240_000)
     assert bench.status == "done", bench.log_label.text()
     table = bench.summary_table
     header = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
@@ -180,7 +190,7 @@ def test_plan_controls_for_everything_mode_cosmos_and_the_randomness_test(bench,
     assert opts["grids"] == [16, 64] and opts["repeats"] == 5
 
 
-def test_figure_tabs_for_iterative_ambiguity_everything_and_difficulty(bench, tmp_path):
+def test_figure_tabs_for_iterative_ambiguity_everything_and_difficulty(bench, qtbot, tmp_path):
     import importlib.util
     from pathlib import Path
 
@@ -192,6 +202,7 @@ def test_figure_tabs_for_iterative_ambiguity_everything_and_difficulty(bench, tm
         pytest.skip("shared/data/png_pairs/fetal_head_us is missing")
     out = run.build_run(tmp_path / "run")
     assert bench.open_run(out)
+    qtbot.waitUntil(lambda: not bench.loading, timeout=60_000)
     for name in ("Clicks (Fig. 6)", "Ambiguity (Fig. 7)", "Everything (Fig. 9)", "Difficulty"):
         assert name in bench.figure_tabs, (name, list(bench.figure_tabs))
     fig9 = bench.figure_tabs["Everything (Fig. 9)"].figure
