@@ -87,9 +87,11 @@ class _Loaded:
     """What a background read of the results gives the GUI thread."""
 
     def __init__(self, token: int, final: bool, df=None, files=None, summary=None,
-                 error: Exception | None = None, unchanged: bool = False) -> None:
+                 error: Exception | None = None, unchanged: bool = False,
+                 figures: list | None = None) -> None:
         self.token, self.final, self.df, self.files = token, final, df, files
         self.summary, self.error, self.unchanged = summary, error, unchanged
+        self.figures = figures  # made by make_figures, or None: none asked for
 
 
 class _NumericItem(QTableWidgetItem):
@@ -613,6 +615,9 @@ class BenchmarkDock(QWidget):
         self._load_token += 1
         token, out = self._load_token, self.out_dir
         shown = None if self.results is None else len(self.results)
+        want_figures = final and self._figures_after_load
+        if final:
+            self._figures_after_load = False
         emit = self._signals.results_loaded.emit
 
         def work():
@@ -626,7 +631,8 @@ class BenchmarkDock(QWidget):
                     return
                 summary = summarize(df, n_boot=2000 if final else 200) if len(df) else None
                 files = file_rows(out, df) if final else None
-                emit(_Loaded(token, final, df, files, summary))
+                made = make_figures(df, files, out) if want_figures and len(df) else None
+                emit(_Loaded(token, final, df, files, summary, figures=made))
             except Exception as exc:  # noqa: BLE001 - a half-written file: the next tick
                 emit(_Loaded(token, final, error=exc))
 
@@ -650,9 +656,8 @@ class BenchmarkDock(QWidget):
         self._mark_unanswerable(r.df)
         self.cases_model.set_frame(r.df, _CASE_COLUMNS)
         self.cases_table.resizeColumnsToContents()
-        if r.final and self._figures_after_load:
-            self._figures_after_load = False
-            self.show_figures()
+        if r.figures is not None:
+            self._show_figures(r.figures)
 
     def unanswerable(self, df) -> set[tuple[str, str]]:
         """(method, protocol) pairs whose every row is a prompt the method is not meant for
@@ -708,56 +713,23 @@ class BenchmarkDock(QWidget):
         table.resizeColumnsToContents()
 
     def show_figures(self) -> None:
-        """Draw the paper-style figures of the current results, one tab each."""
+        """Draw the paper-style figures of the current results, one tab each (on this
+        thread; a final read of the results makes them in its background thread)."""
         if self.results is None or not len(self.results):
             return
+        self._show_figures(make_figures(self.results, self.files, self.out_dir))
+
+    def _show_figures(self, made) -> None:
+        """Put figures made by :func:`make_figures` in tabs (a Qt canvas each)."""
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 
-        from app.core.benchmark import figures
-        from app.core.benchmark.tables import difficulty_table
-
-        df = self.results
-        out = self.out_dir
-        # the figures that draw saved masks read the rows naming them (paths, prompts)
-        files = self.files if self.files is not None else df.iloc[:0]
-        methods = sorted(df["method"].unique())
-        protos = set(df["protocol"].astype(str))
-        makers = [("IoU per mode", lambda: figures.fig_modes(df))]
-        if "paper" in protos or "standard" in protos:
-            proto = "paper" if "paper" in protos else "standard"
-            makers.append(("IoU vs clicks", lambda: figures.fig_clicks(df, proto)))
-            makers.append(("Clicks (Fig. 6)",
-                           lambda: figures.fig_iterative(files, out, protocol=proto)))
-        size_proto = "mode5" if "mode5" in protos else sorted(protos)[0]
-        makers.append(("Size vs IoU", lambda: figures.fig_size(df, size_proto)))
-        if len(methods) >= 2:
-            makers.append((f"ΔIoU {methods[0]} − {methods[1]}",
-                           lambda: figures.fig_delta(df, methods[0], methods[1])))
-        cands = [m for m in methods if "candidates_file" in files and
-                 (files.loc[files["method"] == m, "candidates_file"].astype(str) != "").any()]
-        if cands:
-            makers.append(("Ambiguity (Fig. 7)",
-                           lambda: figures.fig_ambiguity(files, out, cands[0])))
-        ev_rows = files[files["protocol"].astype(str).str.fullmatch(r"everything\d+")
-                        & (files["mask_file"].astype(str) != "")] if "mask_file" in files \
-            else files.iloc[:0]
-        every = sorted(ev_rows["method"].unique())  # models skipped there have no label maps
-        if every:
-            makers.append(("Everything (Fig. 9)",
-                           lambda: figures.fig_everything(files, out, every[0])))
-        makers.append(("Difficulty", lambda: figures.fig_difficulty(
-            difficulty_table(df, n_boot=500))))
         for name, widget in list(self.figure_tabs.items()):
             self.tabs.removeTab(self.tabs.indexOf(widget))
             widget.deleteLater()
             del self.figure_tabs[name]
-        for name, make in makers:
-            try:
-                fig = make()
-            except Exception as exc:  # noqa: BLE001 - one bad figure must not hide the others
-                self._on_log(f"figure {name!r} not drawn: {exc}")
-                continue
-            if fig is None:
+        for name, fig, error in made:
+            if error is not None:
+                self._on_log(f"figure {name!r} not drawn: {error}")
                 continue
             view = _FigureView(FigureCanvasQTAgg(fig))
             self.figure_tabs[name] = view
@@ -863,6 +835,55 @@ class _FigureView(QScrollArea):
         # tall enough to show the whole figure without a second vertical scroll bar (up to a
         # screenful), the dock's own scroll area takes the rest
         self.setMinimumHeight(min(int(h) + 24, 720))
+
+
+def make_figures(df, files, out) -> list[tuple[str, object, Exception | None]]:
+    """The dock's figures of results ``df`` (analysis columns) as ``(tab name, Figure or None,
+    error or None)``: matplotlib's object API, no Qt, so a background thread can make them
+    (on a 10^5-row run the difficulty figure's bootstrap alone takes seconds). ``files``: the
+    rows naming saved masks (:func:`app.core.benchmark.report.file_rows`), or None."""
+    from app.core.benchmark import figures
+    from app.core.benchmark.tables import difficulty_table
+
+    # the figures that draw saved masks read the rows naming them (paths, prompts)
+    files = files if files is not None else df.iloc[:0]
+    methods = sorted(df["method"].unique())
+    protos = set(df["protocol"].astype(str))
+    makers = [("IoU per mode", lambda: figures.fig_modes(df))]
+    if "paper" in protos or "standard" in protos:
+        proto = "paper" if "paper" in protos else "standard"
+        makers.append(("IoU vs clicks", lambda: figures.fig_clicks(df, proto)))
+        makers.append(("Clicks (Fig. 6)",
+                       lambda: figures.fig_iterative(files, out, protocol=proto)))
+    size_proto = "mode5" if "mode5" in protos else sorted(protos)[0]
+    makers.append(("Size vs IoU", lambda: figures.fig_size(df, size_proto)))
+    if len(methods) >= 2:
+        makers.append((f"ΔIoU {methods[0]} − {methods[1]}",
+                       lambda: figures.fig_delta(df, methods[0], methods[1])))
+    cands = [m for m in methods if "candidates_file" in files and
+             (files.loc[files["method"] == m, "candidates_file"].astype(str) != "").any()]
+    if cands:
+        makers.append(("Ambiguity (Fig. 7)",
+                       lambda: figures.fig_ambiguity(files, out, cands[0])))
+    ev_rows = files[files["protocol"].astype(str).str.fullmatch(r"everything\d+")
+                    & (files["mask_file"].astype(str) != "")] if "mask_file" in files \
+        else files.iloc[:0]
+    every = sorted(ev_rows["method"].unique())  # models skipped there have no label maps
+    if every:
+        makers.append(("Everything (Fig. 9)",
+                       lambda: figures.fig_everything(files, out, every[0])))
+    makers.append(("Difficulty", lambda: figures.fig_difficulty(
+        difficulty_table(df, n_boot=500))))
+    made = []
+    for name, make in makers:
+        try:
+            fig = make()
+        except Exception as exc:  # noqa: BLE001 - one bad figure must not hide the others
+            made.append((name, None, exc))
+            continue
+        if fig is not None:
+            made.append((name, fig, None))
+    return made
 
 
 def _full_row(out_dir: Path, position: int):
