@@ -170,9 +170,9 @@ def test_changed_weights_are_exported_again(export_cache):
 
 
 def test_backend_names_and_auto():
-    from app.core.models.backends import resolve_backend
-
     import importlib.util
+
+    from app.core.models.backends import resolve_backend
 
     has_ov = importlib.util.find_spec("openvino") is not None
     assert resolve_backend("auto", "cpu") == ("openvino+onnx" if has_ov else "onnx")
