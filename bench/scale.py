@@ -19,13 +19,13 @@ fresh process, what a ``--resume`` of that finished folder costs the driver befo
 Measured 2026-12-02 on the shared 2-CPU machine (other engineers' benchmarks running), local
 driver, region_growing, modes 1+3 (two rows per image); before = ccab5d9, after = e474112:
 
-=======  ==============  ===============  ====================  =========
-images   s/1000 images   peak RSS MB      --resume open          Parquet
-=======  ==============  ===============  ====================  =========
-10^3     6.42 -> 6.57    186 -> 186       0.05 s, 52 MB          1 file
-10^4     5.04 -> 5.44    229 -> 241       0.34 s, 53 MB          1 file
-10^5     (474 MB before) -> 5.11, 268     3.17 s, 57 MB          2 parts
-=======  ==============  ===============  ====================  =========
+======  =====================  ====================  ===================  =======
+images  s/1000 images          driver peak RSS MB    --resume open        Parquet
+======  =====================  ====================  ===================  =======
+10^3    6.42 -> 6.57           186 -> 186            0.05 s, 52 MB        1 file
+10^4    5.04 -> 5.44           229 -> 241            0.34 s, 53 MB        1 file
+10^5    (not rerun) -> 5.11    474 (brief) -> 268    3.17 s, 57 MB        2 parts
+======  =====================  ====================  ===================  =======
 
 The run itself holds ~98 MB, flat from the first to the last image (sampled every 1000 images
 at 10^4); the rest of the peak is Arrow's CSV-to-Parquet conversion (its libraries and
