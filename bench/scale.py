@@ -30,7 +30,8 @@ images  s/1000 images          driver peak RSS MB    --resume open        Parque
 The run itself holds ~98 MB, flat from the first to the last image (sampled every 1000 images
 at 10^4); the rest of the peak is Arrow's CSV-to-Parquet conversion (its libraries and
 allocator, ~130 MB, bounded: the CSV is converted 4 MiB at a time), reached once the table has
-~20,000 rows and barely passed after (+27 MB from 10^4 to 10^5 images: discovery's names).
+~20,000 rows and barely passed after (+27 MB from 10^4 to 10^5 images; not traced further:
+discovery's names, ~75 bytes an image, and allocator slack are the candidates).
 Opening a synthetic 10^6-row ``results.csv`` for ``--resume``: 26.7 s and 3,795 MB before
 (every line and a dict per row held), 14.1 s and 89 MB after (8 bytes per complete group).
 """
