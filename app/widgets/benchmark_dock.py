@@ -586,7 +586,13 @@ class BenchmarkDock(QWidget):
             return False
         self.out_dir = path
         self.out_edit.setText(str(path))
-        self.status = "done" if manifest.get("status") == "done" else "interrupted"
+        # the runner's manifest says complete, incomplete (cases failed), interrupted or
+        # running (a killed run): only a complete one has nothing left to resume
+        complete = manifest.get("status") == "complete"
+        self.status = "done" if complete else "interrupted"
+        self.progress.setValue(self.progress.maximum() if complete else 0)
+        self.progress.setFormat("complete" if complete else
+                                f"{manifest.get('status', 'unfinished')}: Resume continues it")
         self._on_log(f"Opened {path}: {manifest.get('status', '?')}")
         self._figures_after_load = True
         self.refresh_results(final=True)

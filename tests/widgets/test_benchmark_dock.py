@@ -116,6 +116,10 @@ def test_cancel_leaves_a_resumable_folder(bench, qtbot, shared_data, tmp_path):
     done_before = (out / "results.csv").read_text().splitlines()
     assert 2 <= len(done_before) < 1 + len(stems)
     assert bench.resume_button.isEnabled()
+    # reopened later, as a user does with Open run…, it still offers Resume
+    assert bench.open_run(out)
+    qtbot.waitUntil(lambda: not bench.loading, timeout=60_000)
+    assert bench.status == "interrupted" and bench.resume_button.isEnabled()
     assert bench.resume()
     qtbot.waitUntil(lambda: not bench.running and not bench.loading, timeout=240_000)
     assert bench.status == "done"
@@ -203,6 +207,9 @@ def test_figure_tabs_for_iterative_ambiguity_everything_and_difficulty(bench, qt
     out = run.build_run(tmp_path / "run")
     assert bench.open_run(out)
     qtbot.waitUntil(lambda: not bench.loading, timeout=60_000)
+    # a complete run reads as finished: nothing to resume, the progress bar full
+    assert bench.status == "done" and not bench.resume_button.isEnabled()
+    assert bench.progress.value() == bench.progress.maximum()
     for name in ("Clicks (Fig. 6)", "Ambiguity (Fig. 7)", "Everything (Fig. 9)", "Difficulty"):
         assert name in bench.figure_tabs, (name, list(bench.figure_tabs))
     fig9 = bench.figure_tabs["Everything (Fig. 9)"].figure
