@@ -664,6 +664,17 @@ class BenchmarkDock(QWidget):
         self.cases_table.resizeColumnsToContents()
         if r.figures is not None:
             self._show_figures(r.figures)
+        if r.final:
+            self._reveal_results()
+
+    def _reveal_results(self) -> None:
+        """Scroll the dock to its results: at the window's opening size the plan fills the
+        dock and the tables start below its fold."""
+        parent = self.tabs.parentWidget()  # the dock's own scroll area holds its form
+        while parent is not None and not isinstance(parent, QScrollArea):
+            parent = parent.parentWidget()
+        if parent is not None:
+            parent.ensureWidgetVisible(self.tabs, 0, 0)
 
     def unanswerable(self, df) -> set[tuple[str, str]]:
         """(method, protocol) pairs whose every row is a prompt the method is not meant for
