@@ -5,7 +5,8 @@
 
 Builds, per size, a run folder of the real format -- ``results.csv`` appended through
 :class:`app.core.benchmark.results.ResultsStore` (the runner's writer: row CRCs, group ids),
-``results.parquet`` from :meth:`ResultsStore.write_parquet`, ``manifest.json`` from
+``results.parquet`` (or, past 100,000 rows, ``results.parts/``) from
+:meth:`ResultsStore.write_parquet`, ``manifest.json`` from
 :func:`write_manifest` -- with synthetic values: 2 datasets x 2 tasks, 3 methods (two SAM-family,
 one classical), prompt modes 1 and 3 with the ``first`` and ``oracle`` selections and a 5-click
 ``paper`` protocol, 5 slices per case, points/boxes/paths/candidate scores of realistic length,
@@ -204,7 +205,7 @@ def main() -> int:
         pq_mb = sum((folder / p["file"]).stat().st_size for p in json.loads(
             (folder / "parquet.json").read_text())["parts"]) / 2**20  # one file or parts
         rows = int(json.loads((folder / "manifest.json").read_text())["rows"])
-        print(f"{folder}: {rows} rows, results.csv {csv_mb:.0f} MiB, results.parquet "
+        print(f"{folder}: {rows} rows, results.csv {csv_mb:.0f} MiB, Parquet "
               f"{pq_mb:.0f} MiB")
         r = {}
         for what in ("load", "load_analysis", "report"):

@@ -118,7 +118,8 @@ def register(subparsers) -> None:
         description="Evaluate promptable models (and classical interactive methods) on a "
         "dataset folder (MSD, nnU-Net v2 raw, images/+masks/ pairs, MedSAM .npz, or a folder "
         "of those) with the paper's five prompt modes and iterative clicking. Writes "
-        "results.csv (appended as it goes), results.parquet, manifest.json, summary.csv, "
+        "results.csv (appended as it goes), results.parquet (past 100,000 rows "
+        "results.parts/, written as it goes), manifest.json, summary.csv, "
         "noc.csv, figures/ and report.html to --out.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
