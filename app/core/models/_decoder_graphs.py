@@ -11,8 +11,9 @@ multiply-adds). :class:`PrepareImage` computes those once per embedding (and mas
 pixels: a 2 x 2 stride-2 transposed convolution maps each input pixel to its own 2 x 2 block,
 so it is one ``(pixels, C_in) @ (C_in, 4 C_out)`` product, and the channel LayerNorm becomes a
 plain last-axis ``layer_norm``; the only transpose left is one of the four low-res masks at the
-end. The arithmetic is the same as ``MaskDecoder.predict_masks`` (``tests/core/models/
-test_backends.py`` compares them on real images; the export refuses a graph that differs).
+end. The arithmetic is the same as ``MaskDecoder.predict_masks`` (:func:`decoder_outputs`, the
+unsplit path, is the reference: ``tests/core/models/test_backends.py`` compares them on real
+images, and the export refuses a graph that differs).
 
 On two CPU cores with ONNX Runtime (``bench/engine.py``) the per-click graph runs in about a
 third of the time of the whole decoder exported as one graph.
@@ -22,10 +23,41 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["PREPARED", "PrepareImage", "DecodeClick", "prompt_tokens"]
+import numpy as np
+
+__all__ = ["PREPARED", "PrepareImage", "DecodeClick", "decoder_outputs", "prompt_tokens"]
 
 #: names of :class:`PrepareImage`'s outputs, in order (and of :class:`DecodeClick`'s first inputs)
 PREPARED = ("keys", "t2i_k", "t2i_v", "i2t_q")
+
+
+def decoder_outputs(net, features, coords, labels, boxes, mask, *, device: str = "cpu",
+                    image_pe=None):
+    """segment-anything's own prompt encoder + ``MaskDecoder.predict_masks`` on ``net``: all
+    four outputs, (N, 4, 256, 256) logits and (N, 4) predicted IoU, one row per box (the
+    points and mask go with every box). Arrays in model-input pixels, any of them ``None``.
+    The torch path of inference and of fine-tuning, and what the split graphs must reproduce."""
+    import torch
+
+    if not isinstance(features, torch.Tensor):
+        features = torch.from_numpy(np.asarray(features, np.float32)).to(device)
+    n = 1 if boxes is None else len(boxes)
+    points = None
+    if coords is not None:
+        c = torch.from_numpy(np.asarray(coords, np.float32).reshape(-1, 2)).to(device)
+        lab = torch.from_numpy(np.asarray(labels).astype(np.int64).reshape(-1)).to(device)
+        points = (c[None].expand(n, -1, -1), lab[None].expand(n, -1))
+    box_t = None if boxes is None else torch.from_numpy(
+        np.asarray(boxes, np.float32).reshape(-1, 4)).to(device)
+    mask_t = None
+    if mask is not None:
+        mask_t = torch.from_numpy(np.asarray(mask, np.float32).reshape(256, 256))
+        mask_t = mask_t[None, None].to(device).expand(n, -1, -1, -1)
+    sparse, dense = net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
+    return net.mask_decoder.predict_masks(
+        image_embeddings=features,
+        image_pe=net.prompt_encoder.get_dense_pe() if image_pe is None else image_pe,
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
 
 
 def _heads(x, n: int):

@@ -320,7 +320,7 @@ class OnnxRuntime:
         modules on an example (else: refuse them)."""
         import torch
 
-        from app.core.models._sam_family import decoder_outputs
+        from app.core.models._decoder_graphs import decoder_outputs
 
         rng = np.random.default_rng(0)
         cases = []

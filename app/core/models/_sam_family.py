@@ -22,7 +22,7 @@ from app.core.models.base import (
     PromptNotSupportedError,
 )
 
-__all__ = ["SamFamilyModel", "decoder_outputs", "image_key"]
+__all__ = ["SamFamilyModel", "image_key"]
 
 
 def image_key(image: Image2D) -> str:
@@ -34,35 +34,6 @@ def image_key(image: Image2D) -> str:
     digest.update(f"{w.center!r}|{w.width!r}|".encode())
     digest.update(memoryview(pixels).cast("B"))
     return digest.hexdigest()
-
-
-def decoder_outputs(net, features, coords, labels, boxes, mask, *, device: str = "cpu",
-                    image_pe=None):
-    """segment-anything's own prompt encoder + ``MaskDecoder.predict_masks`` on ``net``: all
-    four outputs, (N, 4, 256, 256) logits and (N, 4) predicted IoU, one row per box (the
-    points and mask go with every box). Arrays in model-input pixels, any of them ``None``.
-    The torch path of inference, of fine-tuning, and the exported graphs' reference."""
-    import torch
-
-    if not isinstance(features, torch.Tensor):
-        features = torch.from_numpy(np.asarray(features, np.float32)).to(device)
-    n = 1 if boxes is None else len(boxes)
-    points = None
-    if coords is not None:
-        c = torch.from_numpy(np.asarray(coords, np.float32).reshape(-1, 2)).to(device)
-        lab = torch.from_numpy(np.asarray(labels).astype(np.int64).reshape(-1)).to(device)
-        points = (c[None].expand(n, -1, -1), lab[None].expand(n, -1))
-    box_t = None if boxes is None else torch.from_numpy(
-        np.asarray(boxes, np.float32).reshape(-1, 4)).to(device)
-    mask_t = None
-    if mask is not None:
-        mask_t = torch.from_numpy(np.asarray(mask, np.float32).reshape(256, 256))
-        mask_t = mask_t[None, None].to(device).expand(n, -1, -1, -1)
-    sparse, dense = net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
-    return net.mask_decoder.predict_masks(
-        image_embeddings=features,
-        image_pe=net.prompt_encoder.get_dense_pe() if image_pe is None else image_pe,
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
 
 
 class SamFamilyModel:
@@ -331,6 +302,8 @@ class SamFamilyModel:
             ``MaskDecoder.forward`` takes ``[:, 0:1]`` or ``[:, 1:]``).
         iou : tensor (N, 4)
         """
+        from app.core.models._decoder_graphs import decoder_outputs
+
         return decoder_outputs(self.net, features, coords, labels, boxes, mask,
                                device=self.device, image_pe=self._dense_pe())
 
