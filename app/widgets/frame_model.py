@@ -3,7 +3,8 @@
 A ``QTableWidget`` holds one item object per cell, built up front: the Benchmark dock's
 per-case table of a 10^5-row run was 10^6 items, rebuilt on the GUI thread every refresh.
 This model keeps each column as one numpy array and draws only the rows on screen; sorting is
-one ``argsort``. Numbers sort as numbers with empty (NaN) values last, text as text.
+one ``lexsort``. Numbers sort as numbers with empty (NaN) values last, text as text; ties keep
+the order shown (sort by IoU, then by method: methods grouped, each by IoU).
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ class FrameModel(QAbstractTableModel):
             missing = np.zeros(len(text), dtype=bool)
             codes = np.unique(text, return_inverse=True)[1].ravel()
             primary = -codes if descending else codes
-        # empty last, then by value; equal values keep their order (as Qt's own sort)
-        self._order = np.lexsort((np.arange(len(key)), primary, missing)).astype(np.int64)
+        # empty last, then by value; equal values keep the order they are shown in, so that
+        # sorting by one column and then another groups by the second, ordered by the first
+        cur = self._order
+        step = np.lexsort((np.arange(len(cur)), primary[cur], missing[cur]))
+        self._order = cur[step].astype(np.int64)
         self.layoutChanged.emit()
 
 
