@@ -312,7 +312,10 @@ class OnnxRuntime:
             self._check(net, part, runs, model.preprocessing.input_size)
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(f"{tag}: {exc}") from exc
-        marker.touch()
+        try:
+            marker.touch()
+        except OSError:  # a read-only cache: the check runs again next time, nothing breaks
+            pass
 
     @staticmethod
     def _check(net, part: str, runs: dict[str, Callable], size: int) -> None:
