@@ -667,7 +667,6 @@ class _Trainer:
     def __init__(self, model, device: str, amp_dtype):
         self.model = model
         self.net = model.net
-        self.pre = model.preprocessing
         self.device = device
         self.amp_dtype = amp_dtype
 

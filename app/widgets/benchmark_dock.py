@@ -9,7 +9,9 @@ double-click on a case to show it in the viewer (image, ground truth, prediction
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Qt, QTimer, QUrl, Signal
@@ -83,15 +85,18 @@ class _Signals(QObject):
     results_loaded = Signal(object)  # _Loaded
 
 
+@dataclass
 class _Loaded:
     """What a background read of the results gives the GUI thread."""
 
-    def __init__(self, token: int, final: bool, df=None, files=None, summary=None,
-                 error: Exception | None = None, unchanged: bool = False,
-                 figures: list | None = None) -> None:
-        self.token, self.final, self.df, self.files = token, final, df, files
-        self.summary, self.error, self.unchanged = summary, error, unchanged
-        self.figures = figures  # made by make_figures, or None: none asked for
+    token: int
+    final: bool
+    df: Any = None
+    files: Any = None
+    summary: Any = None
+    error: Exception | None = None
+    unchanged: bool = False
+    figures: list | None = None  # made by make_figures, or None: none asked for
 
 
 class _NumericItem(QTableWidgetItem):
@@ -127,7 +132,7 @@ class BenchmarkDock(QWidget):
         self.files = None  # its rows that name saved masks, with paths and prompts
         self.summary = None
         self._load_token = 0  # the newest background read of the results
-        self._loading: int | None = None
+        self._loading = False  # that read is under way
         self._figures_after_load = False
         self.status = "idle"  # idle | running | done | cancelled | interrupted | failed
         self._cancel = threading.Event()
@@ -602,7 +607,7 @@ class BenchmarkDock(QWidget):
     @property
     def loading(self) -> bool:
         """A read of the results is under way (the tables and figures follow it)."""
-        return self._loading is not None
+        return self._loading
 
     def refresh_results(self, final: bool | None = None) -> None:
         """Read the run's results in a background thread, then show them in the tables.
@@ -616,7 +621,7 @@ class BenchmarkDock(QWidget):
             return
         if final is None:
             final = self.status != "running"
-        if self._loading is not None and not final:
+        if self._loading and not final:
             return  # the previous tick's read is still going
         self._load_token += 1
         token, out = self._load_token, self.out_dir
@@ -642,13 +647,13 @@ class BenchmarkDock(QWidget):
             except Exception as exc:  # noqa: BLE001 - a half-written file: the next tick
                 emit(_Loaded(token, final, error=exc))
 
-        self._loading = token
+        self._loading = True
         threading.Thread(target=work, name="samscope-results", daemon=True).start()
 
     def _on_results_loaded(self, r: _Loaded) -> None:
         if r.token != self._load_token:
             return  # superseded by a newer read
-        self._loading = None
+        self._loading = False
         if r.error is not None:
             if r.final:
                 self._on_log(f"Cannot read the results of {self.out_dir}: {r.error}")
@@ -706,7 +711,8 @@ class BenchmarkDock(QWidget):
                     table.setItem(r, col[name], item)
         table.resizeColumnsToContents()
 
-    def _fill_table(self, table: QTableWidget, df, columns, keep_index: bool = False) -> None:
+    def _fill_table(self, table: QTableWidget, df, columns) -> None:
+        """A small table (the summary) as one item per cell; see FrameModel for the cases."""
         table.setSortingEnabled(False)
         table.setRowCount(0)
         if df is None or not len(df):
@@ -715,17 +721,14 @@ class BenchmarkDock(QWidget):
         table.setColumnCount(len(cols))
         table.setHorizontalHeaderLabels(cols)
         table.setRowCount(len(df))
-        for r, (idx, row) in enumerate(df.iterrows()):
+        for r, (_idx, row) in enumerate(df.iterrows()):
             for c, col in enumerate(cols):
                 v = row[col]
                 if isinstance(v, np.integer):
                     v = int(v)
                 elif isinstance(v, np.floating):
                     v = float(v)
-                item = _NumericItem(v)
-                if keep_index and c == 0:
-                    item.setData(Qt.ItemDataRole.UserRole, idx)
-                table.setItem(r, c, item)
+                table.setItem(r, c, _NumericItem(v))
         table.setSortingEnabled(True)
         table.resizeColumnsToContents()
 

@@ -248,7 +248,6 @@ class OnnxRuntime:
     def _export(self, model, part: str, paths: dict[str, Path]) -> None:
         """Export the encoder, or both decoder graphs, checked against torch; each file is
         renamed into place only when complete (a reader never sees half a graph)."""
-        import copy
         import warnings
 
         import torch
@@ -256,9 +255,7 @@ class OnnxRuntime:
         what = "image encoder" if part == "encoder" else "prompt encoder + mask decoder"
         self._say(f"Exporting {model.name} {what} to ONNX (once for these weights)...")
         t0 = time.perf_counter()
-        net = model.net
-        if next(net.parameters()).device.type != "cpu":  # the graphs run on the CPU
-            net = copy.deepcopy(net).cpu()
+        net = _cpu_net(model.net)
         size = model.preprocessing.input_size
         graphs = _encoder_graphs(net, size) if part == "encoder" else _decoder_graphs(net, size)
         tmps: dict[str, str] = {}
@@ -303,13 +300,8 @@ class OnnxRuntime:
         marker = first.with_name(f"{first.stem}.{tag}.checked")
         if marker.is_file():
             return
-        net = model.net
-        if next(net.parameters()).device.type != "cpu":
-            import copy
-
-            net = copy.deepcopy(net).cpu()
         try:
-            self._check(net, part, runs, model.preprocessing.input_size)
+            self._check(_cpu_net(model.net), part, runs, model.preprocessing.input_size)
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(f"{tag}: {exc}") from exc
         try:
@@ -382,10 +374,7 @@ class OnnxRuntime:
         back unchanged), run it once. An entry answers only the same ``features`` object and
         an equal mask input."""
         for i, (feats, run, kept_mask, out) in enumerate(self._prepared):
-            if feats is features and run is prepare and (
-                    (mask is None and kept_mask is None) or (
-                        mask is not None and kept_mask is not None
-                        and np.array_equal(kept_mask, mask))):
+            if feats is features and run is prepare and _same_mask(kept_mask, mask):
                 self._prepared.append(self._prepared.pop(i))  # most recent last
                 return out
         out = prepare(_prepare_inputs(_as_numpy(features), mask))
@@ -466,6 +455,20 @@ def _open_openvino(path: Path, threads: int) -> Callable[[dict], list]:
         return [np.array(result[o]) for o in outputs]  # a copy: the request reuses its buffers
 
     return run
+
+
+def _cpu_net(net):
+    """``net``, or a CPU copy of it: the exported graphs are made and checked on the CPU."""
+    if next(net.parameters()).device.type == "cpu":
+        return net
+    import copy
+
+    return copy.deepcopy(net).cpu()
+
+
+def _same_mask(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Both absent, or equal arrays."""
+    return (a is None) == (b is None) and (a is None or np.array_equal(a, b))
 
 
 def _version(package: str) -> str:
