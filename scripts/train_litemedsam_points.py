@@ -423,6 +423,8 @@ def main(argv=None) -> int:
     ap.add_argument("--p-iterative", type=float, default=None)
     ap.add_argument("--monotone-weight", type=float, default=None)
     ap.add_argument("--size-balance", type=float, default=None)
+    ap.add_argument("--every-click-loss", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--distill-dice", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--val-every", type=int, default=25)
     ap.add_argument("--store", type=Path, default=None,
@@ -451,7 +453,9 @@ def main(argv=None) -> int:
                                     ("distill_weight", args.distill_weight),
                                     ("p_iterative", args.p_iterative),
                                     ("monotone_weight", args.monotone_weight),
-                                    ("size_balance", args.size_balance)) if v is not None}
+                                    ("size_balance", args.size_balance),
+                                    ("every_click_loss", args.every_click_loss),
+                                    ("distill_dice", args.distill_dice)) if v is not None}
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, seed=args.seed, lr=args.lr,
                          threads=args.threads, val_every=args.val_every, patience=0,
                          batch_size=args.batch_size,

@@ -341,6 +341,14 @@ class FinetuneConfig:
     distill_weight : float
         Box prompts: weight of a distillation loss (BCE) toward the base decoder's own box
         logits, which keeps the base model's good box answers (0 = off).
+    every_click_loss : bool
+        Click sequences: take the loss (and the monotone hinge against the click before) at
+        every click of the sequence, not only the last; each click's forward pass keeps its
+        gradient, the answer fed to the next click is detached (SAM's iterative training).
+    distill_dice : bool
+        Box distillation also pulls a soft Dice toward the base decoder's answer (so a small
+        lesion's box answer counts as much as an organ's), weighted by the base answer's IoU
+        with the ground truth (a wrong base answer is not copied).
     init : str or None
         Start from this fine-tuned model's decoder (registry name or folder) instead of the
         base model's; the base (and distillation teacher) stays ``base``.
@@ -371,6 +379,8 @@ class FinetuneConfig:
     p_feedback: float = 0.5
     monotone_weight: float = 1.0
     distill_weight: float = 1.0
+    every_click_loss: bool = False
+    distill_dice: bool = False
     init: str | None = None
 
     def __post_init__(self) -> None:
@@ -698,7 +708,7 @@ class _Trainer:
 
     def loss(self, logits, iou_pred, target, ambiguous: bool, *, teacher_prob=None,
              distill_weight: float = 0.0, prev_iou: float | None = None,
-             monotone_weight: float = 0.0):
+             monotone_weight: float = 0.0, distill_dice: bool = False):
         """BCE + Dice (best output if ambiguous, else all four) + MSE on the IoU head.
 
         ``teacher_prob`` (h, w): the base decoder's box answer, distilled by BCE with weight
@@ -731,7 +741,18 @@ class _Trainer:
         total = seg_loss + iou_loss
         if teacher_prob is not None and distill_weight > 0:
             tp = teacher_prob[:h, :w][None].expand_as(lg)
-            total = total + distill_weight * F.binary_cross_entropy_with_logits(lg, tp)
+            if distill_dice:
+                # size-normalised, and only as far as the base answer is right
+                with torch.no_grad():
+                    th, tt = tp[0] > 0.5, tgt[0] > 0.5
+                    u = (th | tt).sum()
+                    t_iou = float((th & tt).sum() / u) if u > 0 else 1.0
+                t_inter = (prob * tp).sum(dim=(1, 2))
+                t_dice = 1 - (2 * t_inter + 1) / (prob.sum(dim=(1, 2)) + tp.sum(dim=(1, 2)) + 1)
+                total = total + distill_weight * t_iou * (
+                    F.binary_cross_entropy_with_logits(lg, tp) + t_dice.mean())
+            else:
+                total = total + distill_weight * F.binary_cross_entropy_with_logits(lg, tp)
         if prev_iou is not None and monotone_weight > 0:
             p1, t1 = prob[0 if ambiguous else 1], tgt[0]
             i1 = (p1 * t1).sum()
@@ -811,6 +832,64 @@ def _click_sequence_step(trainer: _Trainer, emb: Embedding, target: np.ndarray,
     return prompt, prev_iou
 
 
+def _click_sequence_loss(trainer: _Trainer, emb: Embedding, target: np.ndarray,
+                         n_clicks: int, feed_back: bool, rng: np.random.Generator,
+                         monotone_weight: float, scale: float) -> float:
+    """Train on every click of a simulated iterative-protocol sequence (``every_click_loss``).
+
+    The clicks are placed as in :func:`_click_sequence_step`; each click's forward pass keeps
+    its gradient and is back-propagated at once (``loss * scale / n_clicks``), the answer fed
+    to the next click is detached. The first click is ambiguous (best of three); every later
+    one is also asked, by the monotone hinge, to beat the IoU of the click before.
+
+    Returns
+    -------
+    float
+        The sequence's mean loss.
+    """
+    from app.core.prompts import paper_next_click, standard_next_click
+
+    tgt_t = trainer.target_lowres(emb, target)
+    tgt_low = tgt_t.cpu().numpy() > 0.5
+    h, w = tgt_low.shape
+    H, W = emb.original_size
+    if not tgt_low.any():
+        r, c = np.unravel_index(int(np.argmax(target)), target.shape)
+        tgt_low[min(h - 1, r * h // H), min(w - 1, c * w // W)] = True
+    not_clicked = np.ones((h, w), bool)
+    points: list[list[float]] = []
+    labels: list[int] = []
+    pred = prev_logits = prev_iou = None
+    total = 0.0
+    for r in range(n_clicks):
+        if feed_back:
+            x, y, _ = standard_next_click(tgt_low, pred, not_clicked)
+            not_clicked[y, x] = False
+        else:
+            x, y, _ = paper_next_click(tgt_low, pred, rng)
+        xo = int(min(W - 1, max(0, round((x + 0.5) * W / w - 0.5))))
+        yo = int(min(H - 1, max(0, round((y + 0.5) * H / h - 0.5))))
+        points.append([xo, yo])
+        labels.append(int(target[yo, xo]))
+        prompt = Prompt(points_xy=np.array(points, np.float32),
+                        point_labels=np.array(labels, np.int32),
+                        mask_logits=prev_logits if feed_back else None)
+        lg, ip = trainer.forward(emb, prompt)
+        loss, _ = trainer.loss(lg, ip, tgt_t, r == 0, prev_iou=prev_iou,
+                               monotone_weight=monotone_weight)
+        (loss * (scale / n_clicks)).backward()
+        total += float(loss.detach()) / n_clicks
+        if r == n_clicks - 1:
+            break
+        lgd = lg.detach()
+        cand = (lgd[1:4, :h, :w] > 0).cpu().numpy()
+        ious = [_lowres_iou(c, tgt_low) for c in cand]
+        k = 0 if rng.random() < 0.5 else int(np.argmax(ious))  # "first" or "oracle"
+        pred, prev_iou = cand[k], ious[k]
+        prev_logits = lgd[1 + k].cpu().numpy()
+    return total
+
+
 def _validate(model, val: Sequence[TrainingSample], embs: Sequence[Embedding],
               seed: int) -> dict[str, float]:
     """The benchmark on the validation split, mean over tasks (first candidate): ``point``
@@ -848,7 +927,10 @@ def _device_info(device: str) -> str:
 LOSS_TEXT = ("BCE + Dice (best of 3 outputs for a single click, all 4 outputs otherwise) + "
              "MSE(IoU head, true IoU); click sequences: loss on the last click plus "
              "monotone_weight x max(0, previous click's IoU - soft IoU of the first candidate); "
-             "boxes: plus distill_weight x BCE toward the base decoder's box probabilities")
+             "boxes: plus distill_weight x BCE toward the base decoder's box probabilities; "
+             "every_click_loss: loss and hinge at every click of a sequence; distill_dice: "
+             "the box distillation plus a soft Dice toward the base answer, both weighted by "
+             "the base answer's IoU with the ground truth")
 
 
 def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = (), *,
@@ -1026,6 +1108,12 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
                 teacher_prob = torch.sigmoid(tl[0])
             elif kind == "points" and cfg.max_clicks > 1 and rng.random() < cfg.p_iterative:
                 n_clicks = int(rng.integers(2, cfg.max_clicks + 1))
+                if cfg.every_click_loss:
+                    kinds["clicks"] += 1
+                    total += _click_sequence_loss(
+                        trainer, emb, target, n_clicks, bool(rng.random() < cfg.p_feedback),
+                        rng, cfg.monotone_weight, 1.0 / batch) / batch
+                    continue
                 prompt, prev_iou = _click_sequence_step(
                     trainer, emb, target, n_clicks, bool(rng.random() < cfg.p_feedback), rng)
                 ambiguous, kind = False, "clicks"
@@ -1048,7 +1136,8 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
             loss, _ = trainer.loss(logits, iou_pred, trainer.target_lowres(emb, target),
                                    ambiguous, teacher_prob=teacher_prob,
                                    distill_weight=cfg.distill_weight, prev_iou=prev_iou,
-                                   monotone_weight=cfg.monotone_weight)
+                                   monotone_weight=cfg.monotone_weight,
+                                   distill_dice=cfg.distill_dice)
             (loss / batch).backward()
             total += float(loss.detach()) / batch
         opt.step()

@@ -148,6 +148,58 @@ def test_training_decodes_through_the_inference_path(fetal):
         np.testing.assert_allclose(low[1:].detach().numpy(), multi.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("feed_back", [True, False])
+def test_every_click_of_a_sequence_is_trained(fetal, feed_back):
+    """``every_click_loss``: a simulated 4-click sequence of the standard (logits fed back)
+    or the paper protocol back-propagates at each click: four forward passes with gradients,
+    the clicks growing by one each time, each new click placed in the previous answer's
+    error and labelled by the ground truth, the fed-back logits those of the click before."""
+    import torch
+
+    from app.core.finetune import _click_sequence_loss, _Trainer
+    from app.core.models.registry import load_model
+
+    model = load_model("litemedsam_points", device="cpu", backend="torch")
+    model = getattr(model, "tuned", model)
+    sample = fetal[1]
+    emb = model.embed(sample.image)
+    trainer = _Trainer(model, "cpu", None)
+    params = trainer.params()
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    seen = []
+    forward = trainer.forward
+
+    def spy(e, prompt):
+        out = forward(e, prompt)
+        seen.append((prompt, out[0].requires_grad, out[0].detach().clone()))
+        return out
+
+    trainer.forward = spy
+    try:
+        loss = _click_sequence_loss(trainer, emb, sample.mask, 4, feed_back,
+                                    np.random.default_rng(0), monotone_weight=1.0, scale=1.0)
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    assert np.isfinite(loss) and loss > 0
+    assert [len(p.points_xy) for p, _, _ in seen] == [1, 2, 3, 4]
+    assert all(g for _, g, _ in seen)
+    for prompt, _, _ in seen:  # labels from the ground truth at each click
+        for (x, y), lab in zip(prompt.points_xy.astype(int), prompt.point_labels):
+            assert lab == int(sample.mask[y, x])
+    assert seen[0][0].mask_logits is None
+    for (prompt, _, _), (_, _, before) in zip(seen[1:], seen[:-1]):
+        if feed_back:
+            assert any(np.array_equal(prompt.mask_logits, before[k].numpy())
+                       for k in (1, 2, 3))
+        else:
+            assert prompt.mask_logits is None
+    grads = [p.grad for p in params if p.grad is not None]
+    assert grads and sum(float(torch.count_nonzero(g)) for g in grads) > 0
+
+
 @pytest.fixture(scope="module")
 def trained(fetal):
     """12 steps of the shipped recipe (augmented copies, click sequences of both iterative
