@@ -779,57 +779,92 @@ def _lowres_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def _click_sequence_step(trainer: _Trainer, emb: Embedding, target: np.ndarray,
-                         n_clicks: int, feed_back: bool, rng: np.random.Generator):
-    """Simulate ``n_clicks - 1`` clicks of an iterative protocol on the model's own answers
-    (no gradient) and return the last click's prompt and the previous click's IoU.
-
-    Clicks are placed in model-input space (the error region of the 256-px answer against the
-    resized ground truth) and mapped to original pixels; labels come from the original mask.
-    ``feed_back``: the standard protocol (next click in the largest error, previous logits
-    fed back); otherwise the paper's (farthest pixel of the whole error, all clicks re-sent).
-    """
-    import torch
-
-    from app.core.prompts import paper_next_click, standard_next_click
-
-    tgt_low = trainer.target_lowres(emb, target).cpu().numpy() > 0.5
-    h, w = tgt_low.shape
-    H, W = emb.original_size
+def _sequence_target(trainer: _Trainer, emb: Embedding, target: np.ndarray):
+    """The ground truth at the model's output resolution, as a tensor and as a never-empty
+    boolean mask (a lesion smaller than one output pixel keeps its brightest pixel)."""
+    tgt_t = trainer.target_lowres(emb, target)
+    tgt_low = tgt_t.cpu().numpy() > 0.5
     if not tgt_low.any():
-        tgt_low = np.zeros_like(tgt_low)
+        h, w = tgt_low.shape
+        H, W = emb.original_size
         r, c = np.unravel_index(int(np.argmax(target)), target.shape)
         tgt_low[min(h - 1, r * h // H), min(w - 1, c * w // W)] = True
-    not_clicked = np.ones((h, w), bool)
+    return tgt_t, tgt_low
+
+
+def _next_sequence_click(tgt_low: np.ndarray, pred, not_clicked: np.ndarray, feed_back: bool,
+                         target: np.ndarray, original_size, rng: np.random.Generator):
+    """The next click of an iterative protocol, placed in model-input space (the error region
+    of the 256-px answer against the resized ground truth) and mapped to original pixels;
+    its label comes from the original mask. ``feed_back``: the standard protocol (largest
+    error, ``not_clicked`` updated), otherwise the paper's (farthest pixel of the error)."""
+    from app.core.prompts import paper_next_click, standard_next_click
+
+    h, w = tgt_low.shape
+    H, W = original_size
+    if feed_back:
+        x, y, _ = standard_next_click(tgt_low, pred, not_clicked)
+        not_clicked[y, x] = False
+    else:
+        x, y, _ = paper_next_click(tgt_low, pred, rng)
+    xo = int(min(W - 1, max(0, round((x + 0.5) * W / w - 0.5))))
+    yo = int(min(H - 1, max(0, round((y + 0.5) * H / h - 0.5))))
+    return xo, yo, int(target[yo, xo])
+
+
+def _pick_candidate(logits, tgt_low: np.ndarray, rng: np.random.Generator):
+    """The answer the next click corrects: the first multimask candidate or the best one
+    (the benchmark's "first" and "oracle"), half the time each. Returns its mask, IoU and
+    low-res logits (detached)."""
+    h, w = tgt_low.shape
+    lg = logits.detach()
+    cand = (lg[1:4, :h, :w] > 0).cpu().numpy()
+    ious = [_lowres_iou(c, tgt_low) for c in cand]
+    k = 0 if rng.random() < 0.5 else int(np.argmax(ious))
+    return cand[k], ious[k], lg[1 + k].cpu().numpy()
+
+
+def _simulate_sequence(trainer: _Trainer, emb: Embedding, target: np.ndarray, n_clicks: int,
+                       feed_back: bool, rng: np.random.Generator, answer):
+    """Run an iterative-protocol click sequence on the model's own answers.
+
+    ``answer(r, prompt, prev_iou)`` is called at click ``r`` (0-based) and returns the four
+    low-res logits the next click corrects (``None`` at the last click). Returns the last
+    prompt and the previous click's IoU."""
+    _, tgt_low = _sequence_target(trainer, emb, target)
+    not_clicked = np.ones(tgt_low.shape, bool)
     points: list[list[float]] = []
     labels: list[int] = []
-    pred = None
-    prev_logits = None
-    prev_iou = None
-    prompt = None
+    pred = prev_logits = prev_iou = prompt = None
     for r in range(n_clicks):
-        if feed_back:
-            x, y, _ = standard_next_click(tgt_low, pred, not_clicked)
-            not_clicked[y, x] = False
-        else:
-            x, y, _ = paper_next_click(tgt_low, pred, rng)
-        xo = int(min(W - 1, max(0, round((x + 0.5) * W / w - 0.5))))
-        yo = int(min(H - 1, max(0, round((y + 0.5) * H / h - 0.5))))
+        xo, yo, lab = _next_sequence_click(tgt_low, pred, not_clicked, feed_back, target,
+                                           emb.original_size, rng)
         points.append([xo, yo])
-        labels.append(int(target[yo, xo]))
+        labels.append(lab)
         prompt = Prompt(points_xy=np.array(points, np.float32),
                         point_labels=np.array(labels, np.int32),
                         mask_logits=prev_logits if feed_back else None)
+        lg = answer(r, prompt, prev_iou)
         if r == n_clicks - 1:
             break
-        with torch.no_grad():
-            lg, _ = trainer.forward(emb, prompt)
-        cand = (lg[1:4, :h, :w] > 0).cpu().numpy()
-        ious = [_lowres_iou(c, tgt_low) for c in cand]
-        k = 0 if rng.random() < 0.5 else int(np.argmax(ious))  # "first" or "oracle"
-        pred, prev_iou = cand[k], ious[k]
-        prev_logits = lg[1 + k].cpu().numpy()
+        pred, prev_iou, prev_logits = _pick_candidate(lg, tgt_low, rng)
     return prompt, prev_iou
+
+
+def _click_sequence_step(trainer: _Trainer, emb: Embedding, target: np.ndarray,
+                         n_clicks: int, feed_back: bool, rng: np.random.Generator):
+    """Simulate ``n_clicks - 1`` clicks of an iterative protocol on the model's own answers
+    (no gradient) and return the last click's prompt and the previous click's IoU
+    (:func:`_next_sequence_click` places each click)."""
+    import torch
+
+    def answer(r, prompt, _prev_iou):
+        if r == n_clicks - 1:
+            return None
+        with torch.no_grad():
+            return trainer.forward(emb, prompt)[0]
+
+    return _simulate_sequence(trainer, emb, target, n_clicks, feed_back, rng, answer)
 
 
 def _click_sequence_loss(trainer: _Trainer, emb: Embedding, target: np.ndarray,
@@ -847,47 +882,19 @@ def _click_sequence_loss(trainer: _Trainer, emb: Embedding, target: np.ndarray,
     float
         The sequence's mean loss.
     """
-    from app.core.prompts import paper_next_click, standard_next_click
-
     tgt_t = trainer.target_lowres(emb, target)
-    tgt_low = tgt_t.cpu().numpy() > 0.5
-    h, w = tgt_low.shape
-    H, W = emb.original_size
-    if not tgt_low.any():
-        r, c = np.unravel_index(int(np.argmax(target)), target.shape)
-        tgt_low[min(h - 1, r * h // H), min(w - 1, c * w // W)] = True
-    not_clicked = np.ones((h, w), bool)
-    points: list[list[float]] = []
-    labels: list[int] = []
-    pred = prev_logits = prev_iou = None
-    total = 0.0
-    for r in range(n_clicks):
-        if feed_back:
-            x, y, _ = standard_next_click(tgt_low, pred, not_clicked)
-            not_clicked[y, x] = False
-        else:
-            x, y, _ = paper_next_click(tgt_low, pred, rng)
-        xo = int(min(W - 1, max(0, round((x + 0.5) * W / w - 0.5))))
-        yo = int(min(H - 1, max(0, round((y + 0.5) * H / h - 0.5))))
-        points.append([xo, yo])
-        labels.append(int(target[yo, xo]))
-        prompt = Prompt(points_xy=np.array(points, np.float32),
-                        point_labels=np.array(labels, np.int32),
-                        mask_logits=prev_logits if feed_back else None)
+    total = [0.0]
+
+    def answer(r, prompt, prev_iou):
         lg, ip = trainer.forward(emb, prompt)
         loss, _ = trainer.loss(lg, ip, tgt_t, r == 0, prev_iou=prev_iou,
                                monotone_weight=monotone_weight)
         (loss * (scale / n_clicks)).backward()
-        total += float(loss.detach()) / n_clicks
-        if r == n_clicks - 1:
-            break
-        lgd = lg.detach()
-        cand = (lgd[1:4, :h, :w] > 0).cpu().numpy()
-        ious = [_lowres_iou(c, tgt_low) for c in cand]
-        k = 0 if rng.random() < 0.5 else int(np.argmax(ious))  # "first" or "oracle"
-        pred, prev_iou = cand[k], ious[k]
-        prev_logits = lgd[1 + k].cpu().numpy()
-    return total
+        total[0] += float(loss.detach()) / n_clicks
+        return lg
+
+    _simulate_sequence(trainer, emb, target, n_clicks, feed_back, rng, answer)
+    return total[0]
 
 
 def _validate(model, val: Sequence[TrainingSample], embs: Sequence[Embedding],
