@@ -824,14 +824,14 @@ def _pick_candidate(logits, tgt_low: np.ndarray, rng: np.random.Generator):
     return cand[k], ious[k], lg[1 + k].cpu().numpy()
 
 
-def _simulate_sequence(trainer: _Trainer, emb: Embedding, target: np.ndarray, n_clicks: int,
+def _simulate_sequence(emb: Embedding, target: np.ndarray, tgt_low: np.ndarray, n_clicks: int,
                        feed_back: bool, rng: np.random.Generator, answer):
-    """Run an iterative-protocol click sequence on the model's own answers.
+    """Run an iterative-protocol click sequence on the model's own answers (``tgt_low``: the
+    ground truth at output resolution, from :func:`_sequence_target`).
 
     ``answer(r, prompt, prev_iou)`` is called at click ``r`` (0-based) and returns the four
     low-res logits the next click corrects (``None`` at the last click). Returns the last
     prompt and the previous click's IoU."""
-    _, tgt_low = _sequence_target(trainer, emb, target)
     not_clicked = np.ones(tgt_low.shape, bool)
     points: list[list[float]] = []
     labels: list[int] = []
@@ -864,7 +864,8 @@ def _click_sequence_step(trainer: _Trainer, emb: Embedding, target: np.ndarray,
         with torch.no_grad():
             return trainer.forward(emb, prompt)[0]
 
-    return _simulate_sequence(trainer, emb, target, n_clicks, feed_back, rng, answer)
+    _, tgt_low = _sequence_target(trainer, emb, target)
+    return _simulate_sequence(emb, target, tgt_low, n_clicks, feed_back, rng, answer)
 
 
 def _click_sequence_loss(trainer: _Trainer, emb: Embedding, target: np.ndarray,
@@ -882,19 +883,20 @@ def _click_sequence_loss(trainer: _Trainer, emb: Embedding, target: np.ndarray,
     float
         The sequence's mean loss.
     """
-    tgt_t = trainer.target_lowres(emb, target)
-    total = [0.0]
+    tgt_t, tgt_low = _sequence_target(trainer, emb, target)
+    total = 0.0
 
     def answer(r, prompt, prev_iou):
+        nonlocal total
         lg, ip = trainer.forward(emb, prompt)
         loss, _ = trainer.loss(lg, ip, tgt_t, r == 0, prev_iou=prev_iou,
                                monotone_weight=monotone_weight)
         (loss * (scale / n_clicks)).backward()
-        total[0] += float(loss.detach()) / n_clicks
+        total += float(loss.detach()) / n_clicks
         return lg
 
-    _simulate_sequence(trainer, emb, target, n_clicks, feed_back, rng, answer)
-    return total[0]
+    _simulate_sequence(emb, target, tgt_low, n_clicks, feed_back, rng, answer)
+    return total
 
 
 def _validate(model, val: Sequence[TrainingSample], embs: Sequence[Embedding],
