@@ -2,7 +2,9 @@
 
 Every function takes the DataFrame of :func:`app.core.benchmark.results.load_results` and
 returns a :class:`matplotlib.figure.Figure` (made with the object API: no pyplot state, safe in
-threads and with the Agg backend), or ``None`` when the table has nothing to draw.
+threads and with the Agg backend), or ``None`` when the table has nothing to draw. Figs. 2, 4
+and 5 also draw from what they show -- the summary, :func:`delta_stats`,
+:func:`click_curves` -- which a report reading one task at a time gathers task by task.
 
 * :func:`fig_modes` -- Fig. 2: IoU per prompt mode per task, ``oracle`` as markers.
 * :func:`fig_delta` -- Fig. 4: IoU of one method minus another's, per task, paired by case.
@@ -30,6 +32,9 @@ import numpy as np
 from app.core.benchmark.stats import case_ids, paired_difference
 
 __all__ = [
+    "click_curves",
+    "delta_stats",
+    "last_clicks",
     "fig_modes",
     "fig_delta",
     "fig_clicks",
@@ -102,11 +107,18 @@ def fig_modes(df, methods: list[str] | None = None):
     """Fig. 2: mean IoU per mode per task (bars, selection ``first``), oracle as black markers.
 
     One panel per method. Bars of prompts the method is not meant for (``prompt_supported``
-    False, e.g. points for LiteMedSAM) are hatched and labelled in the legend.
+    False, e.g. points for LiteMedSAM) are hatched and labelled in the legend. ``df``: a
+    results table, or its summary (:func:`app.core.benchmark.report.summarize`: what the
+    figure draws, so a report that has it draws without the rows).
     """
-    d = _with_task(df[df["protocol"].astype(str).str.startswith("mode")])
+    if "iou_mean" not in df:
+        from app.core.benchmark.report import summarize
+
+        df = summarize(df[df["protocol"].astype(str).str.startswith("mode")])
+    d = df[df["protocol"].astype(str).str.startswith("mode") & (df["click"] == 0)]
     if d.empty:
         return None
+    d = _with_task(d)
     methods = methods or sorted(d["method"].unique())
     modes = [m for m in _MODE_NAMES if m in set(d["protocol"])]
     tasks = sorted(d["task_label"].unique())
@@ -121,7 +133,8 @@ def fig_modes(df, methods: list[str] | None = None):
             means, err_lo, err_hi, hatched = [], [], [], []
             for t in tasks:
                 v = first[first["task_label"] == t]
-                m, lo, hi = mean_ci(v["iou"], case_ids(v)) if len(v) else (np.nan,) * 3
+                m, lo, hi = ((float(v["iou_mean"].iloc[0]), float(v["iou_ci_low"].iloc[0]),
+                              float(v["iou_ci_high"].iloc[0])) if len(v) else (np.nan,) * 3)
                 means.append(m)
                 # the CI is clipped to [0, 1], where IoU lives
                 err_lo.append(0.0 if np.isnan(lo) else max(0.0, m - max(lo, 0.0)))
@@ -139,7 +152,7 @@ def fig_modes(df, methods: list[str] | None = None):
                             ha="center", va="bottom", fontsize=9)
             orc = dm[(dm["protocol"] == mode) & (dm["selection"] == "oracle")]
             if not orc.empty:
-                om = [orc[orc["task_label"] == t]["iou"].mean() for t in tasks]
+                om = [orc.loc[orc["task_label"] == t, "iou_mean"].mean() for t in tasks]
                 ax.scatter(pos, om, marker="D", s=18, color="black", zorder=3,
                            label="oracle" if j == 0 else None)
         ax.set_xticks(x, tasks, rotation=20 if len(tasks) > 4 else 0, ha="right"
@@ -174,26 +187,55 @@ def _paired(df, a: str, b: str, selection: str):
     return pd.merge(left, right, on=keys)
 
 
+def last_clicks(df) -> dict[str, int]:
+    """The largest click of each iterative protocol in ``df`` (where Fig. 4 compares runs)."""
+    it = df[df["click"] > 0]
+    return {str(p): int(c) for p, c in it.groupby("protocol")["click"].max().items()}
+
+
+def delta_stats(df, method_a: str, method_b: str, *, selection: str = "first",
+                last: dict[str, int] | None = None):
+    """What Fig. 4 draws: per protocol x task the mean paired difference of IoU (``method_a``
+    minus ``method_b``) with its 95 % case-bootstrap interval
+    (:func:`app.core.benchmark.stats.paired_difference`). Iterative protocols are compared at
+    click ``last[protocol]`` (default :func:`last_clicks` of ``df``; a report that reads one
+    task at a time passes the whole table's). Columns: ``protocol``, ``dataset``, ``task``,
+    ``mean_diff``, ``low``, ``high``."""
+    import pandas as pd
+
+    d = df  # filtered below, never written to (no copy of the whole table)
+    iterative = d["click"] > 0
+    if iterative.any():  # compare iterative runs at their last common click
+        last = last_clicks(d) if last is None else last
+        want = d["protocol"].map(lambda p: last.get(str(p), -1)).astype(float)
+        d = d[~iterative | (d["click"] == want)]
+    pairs = _paired(d, method_a, method_b, selection)
+    out = []
+    for (proto, ds, task), g in pairs.groupby(["protocol", "dataset", "task"], sort=True):
+        r = paired_difference(g["iou_a"], g["iou_b"], case_ids(g))
+        out.append(dict(protocol=proto, dataset=ds, task=task, mean_diff=r["mean_diff"],
+                        low=r["low"], high=r["high"]))
+    return pd.DataFrame(out, columns=["protocol", "dataset", "task", "mean_diff", "low",
+                                      "high"])
+
+
 def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None = None,
               selection: str = "first"):
     """Fig. 4: ΔIoU = IoU(``method_a``) − IoU(``method_b``) per task, paired by case.
 
     One panel per protocol (default: the five modes present, then the final click of each
     iterative protocol); bars are mean paired differences with 95 % case-bootstrap intervals
-    (:func:`app.core.benchmark.stats.paired_difference`); positive means
-    ``method_a`` is better.
+    (:func:`delta_stats`); positive means ``method_a`` is better. ``df``: a results table, or
+    its :func:`delta_stats` for these two methods.
     """
-    d = df  # filtered below, never written to (no copy of the whole table)
-    iterative = d["click"] > 0
-    if iterative.any():  # compare iterative runs at their last common click
-        last = d[iterative].groupby("protocol")["click"].transform("max")
-        d = d[~iterative | (d["click"] == last.reindex(d.index).fillna(-1))]
-    pairs = _with_task(_paired(d, method_a, method_b, selection))
-    if pairs.empty:
+    stats = df if "mean_diff" in df else delta_stats(df, method_a, method_b,
+                                                      selection=selection)
+    if stats.empty:
         return None
+    stats = _with_task(stats)
     protocols = protocols or [p for p in [*_MODE_NAMES, "paper", "standard"]
-                              if p in set(pairs["protocol"])]
-    tasks = sorted(pairs["task_label"].unique())
+                              if p in set(stats["protocol"])]
+    tasks = sorted(stats["task_label"].unique())
     ncol = min(4, len(protocols))
     nrow = int(np.ceil(len(protocols) / ncol))
     fig = _figure(2.6 * ncol + 1.5, (0.45 * len(tasks) + 1.3) * nrow + 0.4)
@@ -202,18 +244,14 @@ def fig_delta(df, method_a: str, method_b: str, *, protocols: list[str] | None =
     for ax in axes[len(protocols):]:
         ax.set_visible(False)
     for ax, proto in zip(axes, protocols):
-        p = pairs[pairs["protocol"] == proto]
-        stats = []
-        for t in tasks:
-            pt = p[p["task_label"] == t]
-            r = (paired_difference(pt["iou_a"], pt["iou_b"], case_ids(pt)) if len(pt)
-                 else {"mean_diff": np.nan, "low": np.nan, "high": np.nan})
-            stats.append((r["mean_diff"], r["low"], r["high"]))
-        means = np.array([s[0] for s in stats])
-        err = np.clip(np.nan_to_num(np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T),
-                      0.0, None)
+        p = stats[stats["protocol"] == proto].set_index("task_label")
+        rows = [p.loc[t] if t in p.index else None for t in tasks]
+        means = np.array([np.nan if r is None else r["mean_diff"] for r in rows], float)
+        lows = np.array([np.nan if r is None else r["low"] for r in rows], float)
+        highs = np.array([np.nan if r is None else r["high"] for r in rows], float)
+        err = np.clip(np.nan_to_num(np.array([means - lows, highs - means])), 0.0, None)
         colors = ["#55A868" if m >= 0 else "#C44E52" for m in np.nan_to_num(means)]
-        ax.barh(np.arange(len(tasks)), np.nan_to_num(means), xerr=np.nan_to_num(err),
+        ax.barh(np.arange(len(tasks)), np.nan_to_num(means), xerr=err,
                 color=colors, capsize=2)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(_MODE_NAMES.get(proto, f"{proto} (last click)"), fontsize=9)
@@ -248,14 +286,43 @@ def _curves(d, n_max: int):
     return runs, np.asarray(cases, dtype=object)
 
 
+def click_curves(df, protocol: str = "paper", n_max: int | None = None):
+    """What Fig. 5 draws: per task x method x selection the mean IoU after clicks 1..``n_max``
+    (default: the protocol's largest click in ``df``; a report that reads one task at a time
+    passes the whole table's) with its 95 % case-bootstrap interval; a run that stopped early
+    keeps its last IoU (RITM's convention). Columns: ``dataset``, ``task``, ``method``,
+    ``selection``, ``click``, ``iou_mean``, ``iou_ci_low``, ``iou_ci_high``."""
+    import pandas as pd
+
+    cols = ["dataset", "task", "method", "selection", "click", "iou_mean", "iou_ci_low",
+            "iou_ci_high"]
+    d = df[(df["protocol"] == protocol) & (df["click"] > 0)]
+    if d.empty:
+        return pd.DataFrame(columns=cols)
+    n_max = int(d["click"].max()) if n_max is None else int(n_max)
+    out = []
+    for (ds, task, m, s), g in d.groupby(["dataset", "task", "method", "selection"],
+                                         sort=True):
+        runs, cases = _curves(g, n_max)
+        if runs.size == 0:
+            continue
+        for i in range(n_max):
+            est, lo, hi = mean_ci(runs[:, i], cases)
+            out.append(dict(dataset=ds, task=task, method=m, selection=s, click=i + 1,
+                            iou_mean=est, iou_ci_low=lo, iou_ci_high=hi))
+    return pd.DataFrame(out, columns=cols)
+
+
 def fig_clicks(df, protocol: str = "paper"):
     """Fig. 5: mean IoU against the number of clicks with 95 % confidence bands.
 
-    One panel per task, one line per method x selection (``oracle`` dashed).
+    One panel per task, one line per method x selection (``oracle`` dashed). ``df``: a
+    results table, or its :func:`click_curves` for ``protocol``.
     """
-    d = _with_task(df[(df["protocol"] == protocol) & (df["click"] > 0)])
-    if d.empty:
+    curves = df if "iou_mean" in df else click_curves(df, protocol)
+    if curves.empty:
         return None
+    d = _with_task(curves)
     tasks = sorted(d["task_label"].unique())
     n_max = int(d["click"].max())
     ncol = min(3, len(tasks))
@@ -268,14 +335,15 @@ def fig_clicks(df, protocol: str = "paper"):
     for ax, t in zip(axes, tasks):
         dt = d[d["task_label"] == t]
         for m, s in combos:
-            runs, cases = _curves(dt[(dt["method"] == m) & (dt["selection"] == s)], n_max)
-            if runs.size == 0:
+            c = dt[(dt["method"] == m) & (dt["selection"] == s)].sort_values("click")
+            if c.empty:
                 continue
-            stats = np.array([mean_ci(runs[:, i], cases) for i in range(n_max)])
             color = _COLORS[methods.index(m) % len(_COLORS)]
             ls = "--" if s == "oracle" else ":" if s == "best_score" else "-"
-            ax.plot(x, stats[:, 0], ls, color=color, marker="o", ms=3, label=f"{m} ({s})")
-            ax.fill_between(x, stats[:, 1], stats[:, 2], color=color, alpha=0.15, lw=0)
+            ax.plot(c["click"], c["iou_mean"], ls, color=color, marker="o", ms=3,
+                    label=f"{m} ({s})")
+            ax.fill_between(c["click"], c["iou_ci_low"].astype(float),
+                            c["iou_ci_high"].astype(float), color=color, alpha=0.15, lw=0)
         ax.set_title(t, fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_xlabel("clicks")

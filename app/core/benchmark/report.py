@@ -34,7 +34,7 @@ from app.core.benchmark.figures import (
 from app.core.benchmark.results import load_results, read_manifest
 
 __all__ = ["summarize", "noc_table", "analysis_tables", "write_report", "NOC_THRESHOLDS",
-           "ANALYSIS_COLUMNS", "FILE_COLUMNS"]
+           "ANALYSIS_COLUMNS", "FILE_COLUMNS", "POOLED_COLUMNS"]
 
 #: the columns summaries, statistics, tables and the figures without images read (a column
 #: projection of ``results.parquet``: prompts, paths and check sums, most of the bytes, stay
@@ -50,6 +50,10 @@ ANALYSIS_COLUMNS = (
 FILE_COLUMNS = ("points", "boxes", "height", "width", "spacing_mm", "image_path",
                 "label_path", "mask_file", "candidate_scores", "candidates_file")
 _CHUNK_ROWS = 50_000
+#: what the two tables pooled over tasks (strata, difficulty) keep of each task's final rows
+POOLED_COLUMNS = ("dataset", "task", "label", "case", "slice", "method", "protocol", "repeat",
+                  "click", "selection", "iou", "size_fraction", "boundary_complexity",
+                  "curvature", "contrast", "n_components")
 
 NOC_THRESHOLDS = (0.80, 0.85, 0.90)
 _GROUP = ["dataset", "task", "method", "protocol", "click", "selection"]
@@ -141,14 +145,139 @@ def _table_html(df, float_fmt: str = "{:.3f}") -> str:
                       float_format=lambda v: float_fmt.format(v))
 
 
-def _figures(df, out: Path, difficulty=None, manifest_methods=None, files=None
-             ) -> tuple[list[tuple[str, str, list[Path]]], list[tuple[str, str]]]:
+class _Gathered:
+    """What the report gathers while it reads the table one task at a time: the small tables
+    of each task, concatenated at the end, and the few facts that need the whole table (read
+    in the partitioning pass, before the first task)."""
+
+    #: what :meth:`see` reads of every batch
+    COLUMNS = ("method", "protocol", "click")
+
+    def __init__(self, figures: bool) -> None:
+        self.figures = figures
+        self.parts: dict[str, list] = {}
+        self.n_rows = 0
+        self.methods: set[str] = set()
+        self.protocols: set[str] = set()
+        self.last: dict[str, int] = {}  # largest click of each iterative protocol
+
+    def see(self, batch) -> None:
+        """A batch of the whole table (the partitioning pass)."""
+        self.n_rows += len(batch)
+        self.methods.update(str(m) for m in batch["method"].dropna().unique())
+        self.protocols.update(str(p) for p in batch["protocol"].dropna().unique())
+        from app.core.benchmark.figures import last_clicks
+
+        for p, c in last_clicks(batch).items():
+            self.last[p] = max(c, self.last.get(p, 0))
+
+    def add(self, name: str, table) -> None:
+        if table is not None and len(table):
+            self.parts.setdefault(name, []).append(table)
+
+    def table(self, name: str, like: tuple[str, ...] = ()):
+        """The tasks' tables of ``name`` concatenated (their row numbers kept where ``like``
+        names the columns of an empty one)."""
+        import pandas as pd
+
+        got = self.parts.get(name)
+        if not got:
+            return pd.DataFrame(columns=list(like))
+        return pd.concat(got, ignore_index=not like)
+
+    @property
+    def size_protocol(self) -> str | None:
+        """The prompt whose rows Figs. 3 and 8 show."""
+        return next((p for p in ("mode5", "mode3", "mode1", "paper", "standard")
+                     if p in self.protocols), None)
+
+
+def _gather_task(g: _Gathered, t, budgets: dict[str, int], manifest_methods) -> None:
+    """The tables and figure inputs of one (dataset, task) of the table, into ``g``."""
+    from app.core.benchmark import figures as F
+    from app.core.benchmark import tables
+
+    g.add("summary", summarize(t))
+    if (t["click"] > 0).any():
+        g.add("noc", noc_table(t, max_clicks=budgets))
+    g.add("paired", tables.paired_table(t, manifest_methods=manifest_methods, adjust=False))
+    g.add("randomness", tables.randomness_table(t))
+    g.add("everything", tables.everything_table(t))
+    g.add("pooled", _compact(tables.final_rows(t)[[c for c in POOLED_COLUMNS if c in t]]))
+    named = _named(t)
+    g.add("named", t[named])
+    if not g.figures:
+        return
+    for p in ("paper", "standard"):
+        if p in g.protocols:
+            g.add(f"curves:{p}", F.click_curves(t, p, n_max=g.last.get(p)))
+    methods = sorted(g.methods)
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            g.add(f"delta:{a}\x1f{b}", F.delta_stats(t, a, b, last=g.last))
+    sp = g.size_protocol
+    if sp is not None:
+        d = t[t["protocol"] == sp]
+        if sp in ("paper", "standard"):  # each run at its last click
+            d = d.loc[d.groupby(["dataset", "task", "case", "method", "repeat", "selection"])
+                      ["click"].idxmax()]
+        g.add("size", d[["method", "protocol", "selection", "size_fraction", "iou"]])
+
+
+def _compact(d):
+    """``d`` with its text columns categorical and its whole numbers int32 (what the pooled
+    rows cost: about 60 bytes each)."""
+    import pandas as pd
+
+    out = {}
+    for c in d.columns:
+        v = d[c]
+        if v.dtype.kind in "iu":
+            out[c] = v.astype("int32") if len(v) == 0 or (
+                v.min() >= -2**31 and v.max() < 2**31) else v
+        elif v.dtype.kind in "fb" or isinstance(v.dtype, pd.CategoricalDtype):
+            out[c] = v
+        else:
+            out[c] = v.astype("category")
+    return pd.DataFrame(out, index=d.index)
+
+
+def _concat_compact(frames):
+    """Concatenate :func:`_compact` frames, their categorical columns kept categorical."""
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
+    if not frames:
+        return pd.DataFrame()
+    cols = {}
+    for c in frames[0].columns:
+        parts = [f[c] for f in frames]
+        if isinstance(parts[0].dtype, pd.CategoricalDtype):
+            cols[c] = pd.Series(union_categoricals(parts, sort_categories=True))
+        else:
+            cols[c] = pd.Series(np.concatenate([p.to_numpy() for p in parts]))
+    return pd.DataFrame(cols)
+
+
+def _named(t):
+    """Rows that name a saved mask or candidate file."""
+    named = np.zeros(len(t), bool)
+    for c in ("mask_file", "candidates_file"):
+        if c in t:
+            named |= (t[c].fillna("").astype(str) != "").to_numpy()
+    return named
+
+
+def _figures(g: _Gathered, out: Path, summary, difficulty=None, manifest_methods=None,
+             files=None) -> tuple[list[tuple[str, str, list[Path]]], list[tuple[str, str]]]:
     """Draw and save the figures; returns (stem, title, paths) drawn and (title, why) left out.
 
-    ``files``: the rows naming saved masks, with their paths and prompts (:func:`file_rows`);
-    by default ``df`` itself (a full :func:`load_results`).
+    ``files``: the rows naming saved masks, with their paths and prompts (:func:`file_rows`).
     """
-    files = df if files is None else files
+    import pandas as pd
+
+    files = pd.DataFrame(columns=["method", "protocol", *FILE_COLUMNS]) if files is None \
+        else files
     made: list[tuple[str, str, list[Path]]] = []
     left_out: list[tuple[str, str]] = []
 
@@ -166,19 +295,20 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None, files=None
 
     from app.core.benchmark.tables import is_sam_family
 
-    methods = sorted(df["method"].unique())
-    proto = df["protocol"].astype(str)
+    methods = sorted(g.methods)
     add("fig2_modes", "IoU per prompt mode and task (Fig. 2; diamonds: oracle selection)",
-        lambda: fig_modes(df))
+        lambda: fig_modes(summary))
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
+            stats = g.table(f"delta:{a}\x1f{b}")
             add(f"fig4_delta_{a}_vs_{b}", f"ΔIoU {a} − {b} per task (Fig. 4)",
-                lambda a=a, b=b: fig_delta(df, a, b))
+                lambda a=a, b=b, stats=stats: fig_delta(stats, a, b) if len(stats) else None)
     for p in ("paper", "standard"):
-        if (df["protocol"] == p).any():
+        if p in g.protocols:
+            curves = g.table(f"curves:{p}")
             add(f"fig5_clicks_{p}", f"IoU against clicks, {p} protocol (Fig. 5)",
-                lambda p=p: fig_clicks(df, p))
-    it_proto = next((p for p in ("paper", "standard") if (df["protocol"] == p).any()), None)
+                lambda p=p, curves=curves: fig_clicks(curves, p) if len(curves) else None)
+    it_proto = next((p for p in ("paper", "standard") if p in g.protocols), None)
     if it_proto is None:
         left_out.append(("Fig. 6 (iterative examples)", "no iterative protocol in this run "
                          "(--protocol paper or standard)"))
@@ -196,12 +326,14 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None, files=None
     for m in with_cands:
         add(f"fig7_ambiguity_{m}", f"1st, 2nd and 3rd most confident candidate, {m} (Fig. 7)",
             lambda m=m: fig_ambiguity(files, out, m), f"{m}: its candidates could not be drawn")
-    ev = sorted(df.loc[proto.str.fullmatch(r"everything\d+"), "method"].unique())
+    ev_rows = summary[summary["protocol"].astype(str).str.fullmatch(r"everything\d+")] \
+        if len(summary) else summary
+    ev = sorted(ev_rows["method"].unique()) if len(ev_rows) else []
     if not ev:
         left_out.append(("Fig. 9 (everything mode)", "no everything-mode rows (--modes "
                          "everything --grid 16,32,64)"))
     for m in ev:
-        rows = df[(df["method"] == m) & proto.str.fullmatch(r"everything\d+")]
+        rows = ev_rows[ev_rows["method"] == m]
         notes = [n for n in rows["note"] if isinstance(n, str) and n]
         why = (notes[0] if notes and not rows["prompt_supported"].any()
                else "no saved label maps of everything mode")
@@ -209,27 +341,22 @@ def _figures(df, out: Path, difficulty=None, manifest_methods=None, files=None
             lambda m=m: fig_everything(files, out, m), f"{m}: {why}")
     add("fig_difficulty", "Rank correlation of IoU with difficulty factors",
         lambda: fig_difficulty(difficulty), "no difficulty factors with enough varied rows")
-    size_proto = next((p for p in ("mode5", "mode3", "mode1", "paper", "standard")
-                       if (df["protocol"] == p).any()), None)
-    if size_proto is not None:
-        d = df if not size_proto.startswith(("paper", "standard")) else df.loc[
-            df[df["protocol"] == size_proto].groupby(
-                ["dataset", "task", "case", "method", "repeat", "selection"])["click"].idxmax()]
-        add("fig8_size", f"Object size against IoU, {size_proto} (Fig. 8)",
-            lambda: fig_size(d, size_proto))
-    ex_proto = next((p for p in ("mode5", "mode3", "mode1", "paper", "standard")
-                     if (df["protocol"] == p).any()), None)
-    if ex_proto is not None:
+    sp = g.size_protocol
+    if sp is not None:
+        size_rows = g.table("size")
+        add("fig8_size", f"Object size against IoU, {sp} (Fig. 8)",
+            lambda: fig_size(size_rows, sp) if len(size_rows) else None)
         for m in methods:
             add(f"fig3_examples_{m}", f"Examples at the 25/50/75th IoU percentile, {m}, "
-                f"{ex_proto} (Fig. 3)", lambda m=m: fig_examples(files, m, ex_proto,
-                                                        run_dir=out))
+                f"{sp} (Fig. 3)", lambda m=m: fig_examples(files, m, sp, run_dir=out))
     return made, left_out
 
 
-def file_rows(out_dir: str | os.PathLike, df):
-    """The rows of ``df`` (a projected :func:`load_results` of ``out_dir``, its default index)
-    that name a saved mask or candidate file, with :data:`FILE_COLUMNS` added.
+def file_rows(out_dir: str | os.PathLike, df, n_rows: int | None = None):
+    """The rows of ``df`` that name a saved mask or candidate file, with :data:`FILE_COLUMNS`
+    added. ``df``: rows of a projected :func:`load_results` of ``out_dir``, indexed by their
+    row number in the table (the whole table, its default index, or some of its rows);
+    ``n_rows``: the table's rows (default ``len(df)``), checked against the rows read.
 
     Streams the table ``_CHUNK_ROWS`` rows at a time (:func:`~.results.iter_result_frames`:
     the trusted Parquet parts, then the CSV's rows after them), keeping only those rows: a run
@@ -240,22 +367,22 @@ def file_rows(out_dir: str | os.PathLike, df):
     from app.core.benchmark.results import _TEXT_FILLED, iter_result_frames
 
     out = Path(out_dir)
+    extra = [c for c in FILE_COLUMNS if c not in df.columns]
+    if not len(df) and n_rows is not None:  # nothing to look up
+        return df.assign(**{c: pd.Series(dtype=str) for c in extra})
     keep = []
     chunks = iter_result_frames(out, FILE_COLUMNS, _CHUNK_ROWS)
     start = 0
     for chunk in chunks:
         chunk.index = pd.RangeIndex(start, start + len(chunk))
         start += len(chunk)
-        named = pd.Series(False, index=chunk.index)
-        for c in ("mask_file", "candidates_file"):
-            if c in chunk:
-                named |= chunk[c].fillna("").astype(str) != ""
+        named = _named(chunk) & chunk.index.isin(df.index)
         if named.any():
             keep.append(chunk[named])
-    if start != len(df):
+    expect = len(df) if n_rows is None else n_rows
+    if start != expect:
         raise RuntimeError(f"{out}: the results table changed while the report read it "
-                           f"({len(df)} rows, then {start})")
-    extra = [c for c in FILE_COLUMNS if c not in df.columns]
+                           f"({expect} rows, then {start})")
     if not keep:
         return df.iloc[:0].assign(**{c: pd.Series(dtype=str) for c in extra})
     files = pd.concat(keep)
@@ -362,41 +489,72 @@ def _analysis_html(an: dict) -> list[str]:
 
 
 def write_report(out_dir: str | os.PathLike, *, figures: bool = True) -> Path:
-    """Write summary.csv, noc.csv, figures/ and report.html for a run folder.
+    """Write summary.csv, noc.csv, the analysis tables, figures/ and report.html for a run
+    folder.
 
-    Works on finished and interrupted runs alike. Returns the path of ``report.html``.
+    Works on finished and interrupted runs alike. Reads the table one (dataset, task) at a
+    time (:func:`~.results.iter_task_results`), so memory follows the largest task, not the
+    run: every table but two is computed per task and the tasks' tables concatenated (the
+    numbers of the whole-table functions, e.g. :func:`summarize`, on the whole table); the
+    two pooled over tasks (strata, difficulty) keep :data:`POOLED_COLUMNS` of each task's
+    final rows. Returns the path of ``report.html``.
     """
     import pandas as pd
 
+    from app.core.benchmark import tables
+    from app.core.benchmark.results import iter_task_results
+
     out = Path(out_dir)
-    df = load_results(out, columns=ANALYSIS_COLUMNS)
     manifest = read_manifest(out)
     opts: dict[str, Any] = manifest.get("options", {})
-    summary = summarize(df) if len(df) else pd.DataFrame()
-    summary.to_csv(out / "summary.csv", index=False)
+    methods_info = manifest.get("methods")
     budgets = {p: int(opts.get("clicks") or (20 if p == "standard" else 5))
                for p in ("paper", "standard")}
-    nocs = (noc_table(df, max_clicks=budgets) if len(df) and (df["click"] > 0).any()
-            else pd.DataFrame())
+    g = _Gathered(figures)
+    for _key, t in iter_task_results(out, (*ANALYSIS_COLUMNS, "mask_file", "candidates_file"),
+                                     on_batch=g.see, batch_columns=_Gathered.COLUMNS):
+        _gather_task(g, t, budgets, methods_info)
+        del t
+    summary = g.table("summary")
+    summary.to_csv(out / "summary.csv", index=False)
+    nocs = g.table("noc")
     if len(nocs):
         nocs.to_csv(out / "noc.csv", index=False)
-    an = analysis_tables(df, manifest_methods=manifest.get("methods")) if len(df) else {}
+    pooled = _concat_compact(g.parts.pop("pooled", []))
+    an = {}
+    if g.n_rows:
+        paired = g.table("paired")
+        if len(paired):  # the whole-table order: method pair, then task (stable)
+            lo = paired[["method_a", "method_b"]].min(axis=1)
+            hi = paired[["method_a", "method_b"]].max(axis=1)
+            paired = paired.assign(_lo=lo, _hi=hi).sort_values(
+                ["_lo", "_hi", "dataset", "task"], kind="stable").drop(
+                columns=["_lo", "_hi"]).reset_index(drop=True)
+        an = {"paired": tables.holm_adjust(paired),
+              "strata": tables.strata_table(pooled, final=True),
+              "difficulty": tables.difficulty_table(pooled, final=True),
+              "randomness": g.table("randomness"),
+              "everything": g.table("everything")}
+    del pooled
     for name, table in an.items():
         if len(table):
             table.to_csv(out / f"{name}.csv", index=False)
-    made, left_out = (_figures(df, out, an.get("difficulty"), manifest.get("methods"),
-                               file_rows(out, df))
-                      if figures and len(df) else ([], []))
+    made, left_out = (_figures(g, out, summary, an.get("difficulty"), methods_info,
+                               file_rows(out, g.table("named", like=ANALYSIS_COLUMNS),
+                                         n_rows=g.n_rows))
+                      if figures and g.n_rows else ([], []))
+    n_rows = g.n_rows
+    del g
 
     skipped = pd.read_csv(out / "skipped.csv") if (out / "skipped.csv").is_file() else None
     parts: list[str] = []
     parts.append(f"<h1>SAMScope benchmark: {html.escape(str(opts.get('data', out)))}</h1>")
     parts.append(
         f"<p>Status: <b>{html.escape(str(manifest.get('status', '?')))}</b>; "
-        f"{len(df)} result rows; started {html.escape(str(manifest.get('started', '?')))}, "
+        f"{n_rows} result rows; started {html.escape(str(manifest.get('started', '?')))}, "
         f"finished {html.escape(str(manifest.get('finished', '?')))}.</p>"
     )
-    if len(df):
+    if n_rows:
         modes = summary[(summary["click"] == 0)
                         & ~summary["protocol"].astype(str).str.startswith("everything")]
         if len(modes):

@@ -52,6 +52,7 @@ __all__ = [
     "PARQUET_PART_ROWS",
     "ResultsStore",
     "iter_result_frames",
+    "iter_task_results",
     "load_results",
     "open_case",
     "read_manifest",
@@ -599,7 +600,6 @@ def load_results(out_dir: str | os.PathLike, columns: Iterable[str] | None = Non
     DatasetError
         No results in ``out_dir``.
     """
-    import numpy as np
     import pandas as pd
 
     path = Path(out_dir) / "results.csv"
@@ -615,18 +615,8 @@ def load_results(out_dir: str | os.PathLike, columns: Iterable[str] | None = Non
             table = pa.Table.from_batches(
                 list(_parquet.iter_tables(Path(out_dir), _HEADER, COLUMNS, names)),
                 schema=_parquet.schema(names))
-            # one column at a time out of Arrow (the table is freed as it goes)
-            df = table.to_pandas(split_blocks=True, self_destruct=True)
+            df = _typed_frame(table, names)
             del table
-            for c in names:  # as the CSV reads them: an empty text field is missing
-                if (c not in _parquet.INT_COLUMNS and c not in _parquet.FLOAT_COLUMNS
-                        and c not in ("prompt_supported", *_TEXT_FILLED)
-                        and (empty := df[c] == "").any()):
-                    df[c] = df[c].mask(empty)
-            for c in _COUNT_COLUMNS:  # whole numbers in the CSV read as int when none is empty
-                if c in df and len(df) and np.isfinite(v := df[c].to_numpy()).all() and (
-                        v == np.round(v)).all():
-                    df[c] = df[c].astype("int64")
         else:
             df = pd.read_csv(path, dtype={"case": str, "task": str, "dataset": str,
                                           "method": str, "note": str, "mask_file": str,
@@ -640,6 +630,164 @@ def load_results(out_dir: str | os.PathLike, columns: Iterable[str] | None = Non
                            "written by samscope") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DatasetError(f"{path}: not a results table ({str(exc).strip()[:120]})") from None
+    return _finish_frame(df)
+
+
+#: at most this many task files are open for writing at once (more tasks: more files each)
+_SPILL_OPEN = 64
+#: rows per record batch of the partitioning pass
+_SPILL_BATCH_ROWS = 65536
+
+
+def iter_task_results(out_dir: str | os.PathLike, columns: Iterable[str], *,
+                      spill_dir: str | os.PathLike | None = None, on_batch=None,
+                      batch_columns: Iterable[str] = ()):
+    """The results table one (dataset, task) at a time, as :func:`load_results` (``columns``)
+    gives its rows: ``((dataset, task), frame)`` in sorted order (rows without a dataset or
+    task last), each frame's rows in table order, indexed by their row number in the table.
+
+    Memory: one record batch while the table is partitioned, then one task. The one pass over
+    the table (trusted Parquet parts, then the CSV rows after them) writes each task's rows to
+    a Parquet file in a temporary folder under ``spill_dir`` (default: the run folder, so it
+    is on the results' disk; removed when the iteration ends or is abandoned).
+    ``on_batch(frame)``: called with each batch of the partitioning pass (its
+    ``batch_columns``, as read: count columns untyped) -- where a caller gathers what needs
+    the whole table before the first task.
+    A table without pyarrow or of an older header is read whole and split in memory.
+
+    Raises
+    ------
+    DatasetError
+        No results in ``out_dir``, or not a results table.
+    WriteError
+        The temporary task files could not be written (e.g. a full disk): names the folder.
+    """
+    import tempfile
+    from collections import OrderedDict
+
+    out = Path(out_dir)
+    path = out / "results.csv"
+    if not path.is_file():
+        raise DatasetError(f"{out_dir}: no results.csv (not a benchmark run folder)")
+    want = list(dict.fromkeys(columns))
+    names = [c for c in COLUMNS if c in want]
+    if not _typed_read(path) or not {"dataset", "task"} <= set(names):
+        df = load_results(out, names)
+        if on_batch is not None and len(df):
+            on_batch(df[[c for c in names if c in set(batch_columns)]])
+        for key, idx in sorted(_task_index(df).items(), key=lambda kv: _key_order(kv[0])):
+            yield key, df.iloc[idx]
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sch = _parquet.schema(names).append(pa.field("__row", pa.int64()))
+    root = Path(spill_dir) if spill_dir is not None else out
+    try:
+        spill = tempfile.TemporaryDirectory(prefix=".report-tasks-", dir=root)
+    except OSError as exc:
+        raise WriteError(f"{root}: could not make the report's temporary task folder "
+                         f"({exc.strerror or exc})") from exc
+    with spill as tmp:
+        files: dict[tuple, list[Path]] = {}
+        writers: OrderedDict[tuple, Any] = OrderedDict()
+        whole = {c: True for c in _COUNT_COLUMNS if c in names}
+        pool = pa.default_memory_pool()
+        start = 0
+        try:
+            for batch in _parquet.iter_tables(out, _HEADER, COLUMNS, names,
+                                              _SPILL_BATCH_ROWS):
+                n = batch.num_rows
+                batch = pa.RecordBatch.from_arrays(
+                    [*batch.columns, pa.array(range(start, start + n), pa.int64())],
+                    schema=sch)
+                extra = [c for c in names if c in set(batch_columns)]
+                frame = batch.select(list(dict.fromkeys(["dataset", "task", *whole, *extra]))
+                                     ).to_pandas()
+                for c in whole:
+                    whole[c] = whole[c] and _whole(frame[c])
+                if on_batch is not None:
+                    on_batch(frame[extra])
+                for key, idx in _task_index(frame).items():
+                    w = writers.pop(key, None)
+                    if w is None:
+                        if len(writers) >= _SPILL_OPEN:
+                            writers.popitem(last=False)[1].close()
+                        part = files.setdefault(key, [])
+                        part.append(Path(tmp) / f"t{len(files):06d}-{len(part):04d}.parquet")
+                        w = pq.ParquetWriter(part[-1], sch)
+                    w.write_batch(batch.take(pa.array(idx)))
+                    writers[key] = w
+                start += n
+                del batch, frame
+                pool.release_unused()  # Arrow's allocator keeps freed pages otherwise
+            while writers:
+                writers.popitem()[1].close()
+        except OSError as exc:
+            raise WriteError(f"{tmp}: could not write the report's task files "
+                             f"({exc.strerror or exc})") from exc
+        finally:
+            for w in writers.values():
+                with contextlib.suppress(Exception):
+                    w.close()
+        keep = [c for c in whole if whole[c]]
+        for key in sorted(files, key=_key_order):
+            table = pa.concat_tables([pq.read_table(f) for f in files[key]])
+            rows = table.column("__row").to_numpy()
+            df = _typed_frame(table.drop_columns(["__row"]), names, keep)
+            del table
+            pool.release_unused()
+            df.index = rows
+            yield key, _finish_frame(df)
+
+
+def _task_index(df) -> dict[tuple, Any]:
+    """Row positions (a NumPy array) of each (dataset, task) of ``df``; a missing key is None."""
+    import pandas as pd
+
+    keys = [df[c].astype(object).to_numpy() for c in ("dataset", "task")]
+    groups = pd.Series(range(len(df))).groupby(keys, sort=False, dropna=False).indices
+    return {tuple(None if _missing(k) else str(k) for k in key): pos
+            for key, pos in groups.items()}
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _key_order(key: tuple) -> tuple:
+    """Sorted as pandas sorts the keys (text order), a missing part last."""
+    return tuple((k is None, "" if k is None else k) for k in key)
+
+
+def _typed_frame(table, names: list[str], whole: Iterable[str] | None = None):
+    """A typed Arrow table of the results as :func:`load_results` gives it (before
+    :func:`_finish_frame`): an empty text field missing, the count columns ``whole`` (default:
+    those whose values in ``table`` are all whole numbers) as int."""
+    # one column at a time out of Arrow (the table is freed as it goes)
+    df = table.to_pandas(split_blocks=True, self_destruct=True)
+    for c in names:  # as the CSV reads them: an empty text field is missing
+        if (c not in _parquet.INT_COLUMNS and c not in _parquet.FLOAT_COLUMNS
+                and c not in ("prompt_supported", *_TEXT_FILLED)
+                and (empty := df[c] == "").any()):
+            df[c] = df[c].mask(empty)
+    for c in _COUNT_COLUMNS:  # whole numbers in the CSV read as int when none is empty
+        if c in df and len(df) and (c in whole if whole is not None else _whole(df[c])):
+            df[c] = df[c].astype("int64")
+    return df
+
+
+def _whole(values) -> bool:
+    """Whether every value is a finite whole number (how the CSV reader types a column)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    return bool(np.isfinite(v).all() and (v == np.round(v)).all())
+
+
+def _finish_frame(df):
+    """The last step of every read: ``prompt_supported`` as bool, the text columns of
+    :data:`_TEXT_FILLED` with "" for empty."""
     if "prompt_supported" in df and df["prompt_supported"].dtype != bool:
         df["prompt_supported"] = df["prompt_supported"].astype(str).str.lower() == "true"
     for col in _TEXT_FILLED:

@@ -36,6 +36,7 @@ from app.core.benchmark.stats import (
 
 __all__ = [
     "FACTORS",
+    "holm_adjust",
     "final_rows",
     "is_sam_family",
     "paired_table",
@@ -82,7 +83,7 @@ def final_rows(df):
         return once
     keys = _present(df, ["dataset", "task", "label", "case", "slice", "method", "protocol",
                          "repeat", "selection"])
-    last = it.loc[it.groupby(keys, sort=False)["click"].idxmax()]
+    last = it.loc[it.groupby(keys, sort=False, observed=True)["click"].idxmax()]
     return pd.concat([once, last], ignore_index=True)
 
 
@@ -103,7 +104,8 @@ def _ci_fields(values, cases, prefix: str, n_boot: int, seed: int) -> dict:
 
 
 def paired_table(df, *, metric: str = "iou", manifest_methods: Mapping | None = None,
-                 n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0):
+                 n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
+                 adjust: bool = True):
     """Every pair of methods compared on the same rows, per task x protocol x selection.
 
     Rows of the two methods are paired on dataset, task, label, case, slice, protocol,
@@ -115,7 +117,8 @@ def paired_table(df, *, metric: str = "iou", manifest_methods: Mapping | None = 
     ``selection``, ``n_cases``, ``n_rows``, ``mean_a``, ``mean_b``, ``diff`` (mean of a - b),
     ``diff_ci_low``, ``diff_ci_high`` (case bootstrap), ``p_wilcoxon`` (per-case mean
     differences), ``p_holm`` (Holm over the tasks of one method pair x protocol x selection),
-    ``significant`` (``p_holm < 1 - level``).
+    ``significant`` (``p_holm < 1 - level``). ``adjust=False`` leaves those two out (a report
+    that reads one task at a time adjusts the tables of all tasks with :func:`holm_adjust`).
     """
     import pandas as pd
 
@@ -151,6 +154,12 @@ def paired_table(df, *, metric: str = "iou", manifest_methods: Mapping | None = 
                     diff=r["mean_diff"], diff_ci_low=r["low"], diff_ci_high=r["high"],
                     p_wilcoxon=r["p_wilcoxon"]))
     t = pd.DataFrame(out)
+    return holm_adjust(t, level) if adjust else t
+
+
+def holm_adjust(t, level: float = LEVEL):
+    """Add ``p_holm`` (Holm over the tasks of one method pair x protocol x selection) and
+    ``significant`` to rows of :func:`paired_table` (in place; returns ``t``)."""
     if t.empty:
         return t
     t["p_holm"] = np.nan
@@ -181,7 +190,8 @@ def size_terciles(df):
     return out
 
 
-def strata_table(df, *, metric: str = "iou", n_boot: int = N_BOOT, seed: int = 0):
+def strata_table(df, *, metric: str = "iou", n_boot: int = N_BOOT, seed: int = 0,
+                 final: bool = False):
     """Mean ``metric`` per stratum, per method x protocol x selection (last click of runs).
 
     Strata: ``modality`` (the rows' ``modality`` column where the dataset reader gave one,
@@ -190,16 +200,18 @@ def strata_table(df, *, metric: str = "iou", n_boot: int = N_BOOT, seed: int = 0
 
     Columns: ``method``, ``protocol``, ``selection``, ``stratum`` (which kind), ``level`` (the
     stratum's value), ``n_rows``, ``n_cases``, ``<metric>_mean``, ``<metric>_ci_low``,
-    ``<metric>_ci_high``.
+    ``<metric>_ci_high``. ``final``: ``df`` holds final rows already (:func:`final_rows`;
+    its key columns may be categorical, e.g. a report's pooled rows).
     """
     import pandas as pd
 
-    d = final_rows(df)
+    d = df.copy(deep=False) if final else final_rows(df)
     if d.empty:
         return pd.DataFrame()
-    # final_rows made a new frame (pandas copy-on-write: the columns added never reach df)
-    d["_modality"] = (d["modality"].astype(str) if "modality" in d
-                      else d["dataset"].astype(str))
+    # a new frame (pandas copy-on-write: the columns added never reach df)
+    mod = d["modality"] if "modality" in d else d["dataset"]
+    d["_modality"] = (mod.cat.rename_categories(str) if isinstance(mod.dtype, pd.CategoricalDtype)
+                      else mod.astype(str))
     d["_size"] = size_terciles(d) if "size_fraction" in d else None
     if "n_components" in d:
         nc = pd.to_numeric(d["n_components"], errors="coerce")
@@ -209,7 +221,8 @@ def strata_table(df, *, metric: str = "iou", n_boot: int = N_BOOT, seed: int = 0
         d["_components"] = None
     strata = {"modality": "_modality", "size": "_size", "components": "_components"}
     out = []
-    for (m, proto, sel), g in d.groupby(["method", "protocol", "selection"], sort=True):
+    for (m, proto, sel), g in d.groupby(["method", "protocol", "selection"], sort=True,
+                                        observed=True):
         if not np.isfinite(g[metric].to_numpy(float)).any():
             continue  # e.g. a model skipped for everything mode
         cases = case_ids(g)
@@ -227,22 +240,23 @@ def strata_table(df, *, metric: str = "iou", n_boot: int = N_BOOT, seed: int = 0
 
 
 def difficulty_table(df, *, factors=FACTORS, metric: str = "iou", n_boot: int = N_BOOT,
-                     seed: int = 0):
+                     seed: int = 0, final: bool = False):
     """Spearman's rank correlation of ``metric`` with each difficulty factor.
 
     Per method x protocol x selection (iterative runs at their last click), pooled over
     tasks. Columns: ``method``, ``protocol``, ``selection``, ``factor``, ``rho``,
     ``rho_ci_low``, ``rho_ci_high`` (case bootstrap), ``p`` (scipy's, rows independent),
-    ``n_rows``, ``n_cases``.
+    ``n_rows``, ``n_cases``. ``final``: as :func:`strata_table`'s.
     """
     import pandas as pd
 
-    d = final_rows(df)
+    d = df if final else final_rows(df)
     present = [f for f in factors if f in d.columns]
     if d.empty or not present:
         return pd.DataFrame()
     out = []
-    for (m, proto, sel), g in d.groupby(["method", "protocol", "selection"], sort=True):
+    for (m, proto, sel), g in d.groupby(["method", "protocol", "selection"], sort=True,
+                                        observed=True):
         cases = case_ids(g)
         y = g[metric].to_numpy(float)
         if not np.isfinite(y).any():
