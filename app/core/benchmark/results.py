@@ -715,7 +715,8 @@ def iter_task_results(out_dir: str | os.PathLike, columns: Iterable[str], *,
                             writers.popitem(last=False)[1].close()
                         part = files.setdefault(key, [])
                         part.append(Path(tmp) / f"t{len(files):06d}-{len(part):04d}.parquet")
-                        w = pq.ParquetWriter(part[-1], sch)
+                        # no dictionaries: each open writer would hold its own (MBs)
+                        w = pq.ParquetWriter(part[-1], sch, use_dictionary=False)
                     w.write_batch(batch.take(pa.array(idx)))
                     writers[key] = w
                 start += n

@@ -58,8 +58,19 @@ def case_ids(df) -> np.ndarray:
     A case is a patient/volume/image of one dataset; slices of one volume share it (the
     runner names a slice ``<case>:z<k>``; the suffix is dropped here).
     """
-    case = df["case"].astype(str).str.replace(_SLICE_SUFFIX, "", regex=True)
-    return (df["dataset"].astype(str) + "/" + case).to_numpy(object)
+    import pandas as pd
+
+    if len(df) == 0:
+        return np.array([], dtype=object)
+    # the text is built once per distinct (dataset, case), not once per row
+    kd, ud = pd.factorize(df["dataset"], use_na_sentinel=False)
+    kc, uc = pd.factorize(df["case"], use_na_sentinel=False)
+    pair = kd.astype(np.int64) * len(uc) + kc
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    case = pd.Series(np.asarray(uc, dtype=object)[uniq % len(uc)]).astype(str).str.replace(
+        _SLICE_SUFFIX, "", regex=True)
+    dataset = pd.Series(np.asarray(ud, dtype=object)[uniq // len(uc)]).astype(str)
+    return (dataset + "/" + case).to_numpy(object)[inverse.ravel()]
 
 
 def _codes(cases: Any, n: int) -> np.ndarray:
