@@ -30,6 +30,21 @@ write_report after                 50 s, 385 MiB        275 s, 1031 MiB
 
 Before, the NoC table and Fig. 5's curves looped in Python over every run (time x24 for x10
 rows); now the report's time grows x5.5 for x10 rows (fixed costs: drawing the figures).
+
+The report then read the table one (dataset, task) at a time (``iter_task_results``: one pass
+partitions it into per-task Parquet files; tables per task; the pooled strata and difficulty
+from ~63 bytes per final row). Measured 2026-12-02 (the test suite running beside it, imports
+alone 120-145 MiB), ``--tasks 4`` (default) and ``--tasks 28`` (the Mazurowski study's count):
+
+=================================  ==================  ===================
+write_report                       10^5 rows            10^6 rows
+=================================  ==================  ===================
+before, 4 tasks                    17.5 s, 328 MiB      93 s, 1119 MiB
+after, 4 tasks                     17.5-21.7 s, 328-    88-102 s, 677-741 MiB
+                                   345 MiB
+after, 28 tasks                    36.5-48.6 s, 348-    110-171 s, 612-631 MiB
+                                   349 MiB
+=================================  ==================  ===================
 """
 
 from __future__ import annotations
@@ -54,12 +69,18 @@ TASKS = (("ds0", "liver"), ("ds0", "kidney"), ("ds1", "tumour"), ("ds1", "vessel
 SLICES = 5
 
 
-def build(folder: Path, n_rows: int, seed: int = 0) -> int:
+def tasks(n: int) -> tuple[tuple[str, str], ...]:
+    """``n`` (dataset, task) pairs: the four above, or two tasks per dataset."""
+    return TASKS if n == len(TASKS) else tuple((f"ds{i // 2}", f"task{i}") for i in range(n))
+
+
+def build(folder: Path, n_rows: int, seed: int = 0, n_tasks: int = len(TASKS)) -> int:
     """Write the run folder; returns the rows written (n_rows rounded to whole cases)."""
     from app.core.benchmark.results import ResultsStore, write_manifest
 
     rng = np.random.default_rng(seed)
-    per_task = max(1, round(n_rows / (ROWS_PER_SLICE * SLICES * len(TASKS))))
+    task_list = tasks(n_tasks)
+    per_task = max(1, round(n_rows / (ROWS_PER_SLICE * SLICES * len(task_list))))
     if folder.exists():
         shutil.rmtree(folder)
     store = ResultsStore(folder)
@@ -67,7 +88,7 @@ def build(folder: Path, n_rows: int, seed: int = 0) -> int:
     written = 0
     gid = 0
     chunk = 200  # cases per group
-    for t, (dataset, task) in enumerate(TASKS):
+    for t, (dataset, task) in enumerate(task_list):
         case_mean = rng.uniform(0.4, 0.95, per_task)
         size = rng.lognormal(-4, 1, (per_task, SLICES))
         factors = {"boundary_complexity": 1 + rng.gamma(2, 0.2, (per_task, SLICES)),
@@ -172,6 +193,9 @@ def measure(what: str, folder: Path, figures: bool = True) -> tuple[float, float
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="100000,1000000")
+    ap.add_argument("--tasks", type=int, default=len(TASKS),
+                    help="(dataset, task) pairs the rows are spread over (default 4; the "
+                    "Mazurowski study has 28)")
     ap.add_argument("--work", default="/tmp/report_scale")
     ap.add_argument("--keep", action="store_true", help="keep the run folders")
     ap.add_argument("--no-figures", action="store_true")
@@ -187,14 +211,14 @@ def main() -> int:
     print(f"imports alone (pandas, matplotlib, app.core.benchmark): peak RSS {base[1]:.0f} MiB")
     results = {}
     for n in (int(s) for s in args.rows.split(",")):
-        folder = work / f"rows{n}"
+        folder = work / (f"rows{n}" if args.tasks == len(TASKS) else f"rows{n}_t{args.tasks}")
         try:
             have = json.loads((folder / "manifest.json").read_text())["rows_asked"]
         except (OSError, ValueError, KeyError):
             have = None
         if have != n:
             t = time.perf_counter()
-            written = build(folder, n)
+            written = build(folder, n, n_tasks=args.tasks)
             man = json.loads((folder / "manifest.json").read_text())
             man["rows_asked"] = n
             (folder / "manifest.json").write_text(json.dumps(man))

@@ -31,7 +31,7 @@ from app.core.benchmark.figures import (
     fig_size,
     save_figure,
 )
-from app.core.benchmark.results import load_results, read_manifest
+from app.core.benchmark.results import read_manifest
 
 __all__ = ["summarize", "noc_table", "analysis_tables", "write_report", "NOC_THRESHOLDS",
            "ANALYSIS_COLUMNS", "FILE_COLUMNS", "POOLED_COLUMNS"]
