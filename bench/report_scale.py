@@ -39,7 +39,7 @@ alone 120-145 MiB), ``--tasks 4`` (default) and ``--tasks 28`` (the Mazurowski s
 =================================  ==================  ===================
 write_report                       10^5 rows            10^6 rows
 =================================  ==================  ===================
-before, 4 tasks                    17.5 s, 328 MiB      93 s, 1119 MiB
+before, 4 tasks                    50 s, 385 MiB        93 s, 1119 MiB
 after, 4 tasks                     17.5-21.7 s, 328-    88-102 s, 677-741 MiB
                                    345 MiB
 after, 28 tasks                    36.5-48.6 s, 348-    110-171 s, 612-631 MiB
