@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from app.core.benchmark.evaluate import paired_by_task, summarize
+    from app.core.benchmark.evaluate import significantly_worse, summarize, task_differences
     from app.core.engine import Engine
     from app.core.finetune import benchmark_rows
     from app.core.models.finetuned import load_finetuned, read_manifest
@@ -98,10 +98,10 @@ def main(argv=None) -> int:
     for v in out[1:]:
         for proto, click in (("mode1", 0), ("mode3", 0), ("mode5", 0), ("paper", 5),
                              ("paper", 9), ("standard", 5), ("standard", 9)):
-            per = paired_by_task(rows_all, v["name"], ref, proto, "first", click)
+            per = task_differences(rows_all, v["name"], ref, proto, "first", click)
             if per:
                 diffs = {t: round(r["mean_diff"], 3) for t, r in per.items()}
-                worse = [t for t, r in per.items() if r["high"] < 0]
+                worse = significantly_worse(per)
                 print(f"{v['name']} - {ref}, {proto} click {click}: mean of tasks "
                       f"{np.mean(list(diffs.values())):+.3f}; per task {diffs}; "
                       f"significantly worse: {worse or 'none'}")

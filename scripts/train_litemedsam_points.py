@@ -125,7 +125,7 @@ def card_rows(data: Path, out: Path, previous: Path | None, max_slices: int,
 
 def targets(summ: dict, rows) -> list[str]:
     """The issue's targets, checked on the card's numbers (one line each, met or not)."""
-    from app.core.benchmark.evaluate import paired_by_task
+    from app.core.benchmark.evaluate import significantly_worse, task_differences
 
     def m(method, proto, sel, click=0):
         s = summ.get((method, proto, sel, click, "mean of tasks"))
@@ -147,8 +147,7 @@ def targets(summ: dict, rows) -> list[str]:
                 f"{'met' if gain >= 0.10 else f'missed by {0.10 - gain:.3f}'})")
     for mode in (3, 5):
         diff = m("shipped", f"mode{mode}", "first") - m("base", f"mode{mode}", "first")
-        per = paired_by_task(rows, "shipped", "base", f"mode{mode}")
-        worse = [t for t, r in per.items() if r["high"] < 0]
+        worse = significantly_worse(task_differences(rows, "shipped", "base", f"mode{mode}"))
         out.append(f"- mode {mode} boxes: {diff:+.3f} mean-of-task IoU over the base (target "
                    f"+0.03: {'met' if diff >= 0.03 else f'missed by {0.03 - diff:.3f}'}); "
                    f"significantly worse tasks: {', '.join(worse) if worse else 'none'}")
@@ -161,7 +160,7 @@ def targets(summ: dict, rows) -> list[str]:
 
 def model_card(manifest: dict, rows=None, variants: list | None = None) -> str:
     """Markdown model card from a fine-tuning manifest and the card's benchmark rows."""
-    from app.core.benchmark.evaluate import paired_by_task, summarize
+    from app.core.benchmark.evaluate import summarize, task_differences
 
     tr = manifest["training"]
     rc = manifest["recipe"]
@@ -204,13 +203,14 @@ def model_card(manifest: dict, rows=None, variants: list | None = None) -> str:
                     _ci(get(name, proto, sel, k)) for k in (1, 5, 9)) + " |")
     # per-task differences behind the routing
     routing = v.get("box_routing", {})
-    t4 = ["| task | mode | shipped decoder − base, mean | 95 % CI | Wilcoxon p | cases |",
-          "|---|---|---|---|---|---|"]
+    t4 = ["| task | mode | shipped decoder − base, mean | 95 % CI | resampled | Wilcoxon p "
+          "| cases | images |", "|---|---|---|---|---|---|---|---|"]
     for mode in (3, 5):
-        per = paired_by_task(rows, "shipped", "base", f"mode{mode}") if rows else {}
+        per = task_differences(rows, "shipped", "base", f"mode{mode}") if rows else {}
         for task, r in per.items():
             t4.append(f"| {task} | {mode} | {r['mean_diff']:+.3f} | {r['low']:+.3f} to "
-                      f"{r['high']:+.3f} | {_fmt(r.get('p_wilcoxon'))} | {int(r['n_cases'])} |")
+                      f"{r['high']:+.3f} | {r['noise']} | {_fmt(r.get('p_wilcoxon'))} | "
+                      f"{int(r['n_cases'])} | {int(r['n_rows'])} |")
     vt = ""
     if variants:
         vt = ("\n\n### Recipe variants\n\n"

@@ -1263,9 +1263,9 @@ def finetune(train: Sequence[TrainingSample], val: Sequence[TrainingSample] = ()
 #: how :func:`choose_box_decoder` decides (recorded in manifests)
 BOX_RULE = ("one decoder for every prompt when the fine-tuned decoder's box IoU (modes 3 and "
             "5, first candidate) is higher than the base decoder's on the mean over validation "
-            "tasks and no task is significantly worse (95 % case-bootstrap interval of the "
-            "paired difference entirely below 0); otherwise box-only prompts go to the base "
-            "decoder")
+            "tasks and no task is significantly worse (95 % bootstrap interval of the paired "
+            "difference entirely below 0; the bootstrap resamples a task's cases, or, for a "
+            "task of one case, its images); otherwise box-only prompts go to the base decoder")
 
 
 def choose_box_decoder(rows: Sequence[dict[str, Any]], *, tuned: str = "tuned",
@@ -1285,19 +1285,21 @@ def choose_box_decoder(rows: Sequence[dict[str, Any]], *, tuned: str = "tuned",
         ``decoder`` (``"tuned"`` or ``"base"``), ``reason`` (a sentence), ``mean_of_tasks_diff``
         and ``per_task`` (``{"mode3": {task: paired_difference dict}, ...}``).
     """
-    from app.core.benchmark.evaluate import paired_by_task
+    from app.core.benchmark.evaluate import task_differences
 
-    per_task: dict[str, dict[str, dict[str, float]]] = {}
+    per_task: dict[str, dict[str, dict[str, Any]]] = {}
     diffs = []
     worse = []
     for mode in modes:
-        d = paired_by_task(rows, tuned, base, f"mode{mode}")
+        d = task_differences(rows, tuned, base, f"mode{mode}")
         per_task[f"mode{mode}"] = d
         for task, r in d.items():
             diffs.append(r["mean_diff"])
             if r["high"] < 0:
+                unit = ("" if r["noise"] == "cases" else
+                        f"; 1 case, its {r['n_rows']} images resampled")
                 worse.append(f"{task} (mode {mode}: {r['mean_diff']:+.3f}, 95 % CI "
-                             f"{r['low']:+.3f} to {r['high']:+.3f})")
+                             f"{r['low']:+.3f} to {r['high']:+.3f}{unit})")
     if not diffs:
         return {"decoder": "tuned", "reason": "no box rows to compare", "per_task": per_task,
                 "mean_of_tasks_diff": None}

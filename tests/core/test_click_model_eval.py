@@ -130,6 +130,43 @@ def test_box_routing_follows_the_evidence():
     assert r["decoder"] == "base"
 
 
+def _volume_rows(method, task, values, protocol="mode3"):
+    """One volume's slices: one case, ``case:z<k>`` per slice (as the benchmark names them)."""
+    return [{**r, "case": f"vol:z{i}"} for i, r in enumerate(_rows(method, task, values,
+                                                                     protocol))]
+
+
+def test_a_task_of_one_volume_is_judged_by_its_own_slices():
+    """A task with a single case has no case bootstrap; it must still be able to veto
+    (before, its interval was NaN and a loss on every slice passed unnoticed)."""
+    from app.core.benchmark.evaluate import significantly_worse, task_differences
+    from app.core.finetune import choose_box_decoder
+
+    rng = np.random.default_rng(2)
+    base_a, base_v = rng.uniform(0.5, 0.7, 12), rng.uniform(0.5, 0.7, 7)
+    rows = [*_rows("base", "a", base_a), *_volume_rows("base", "mri", base_v)]
+    # much better on the task of many cases, worse on every slice of the one volume
+    tuned = [*_rows("tuned", "a", base_a + 0.2),
+             *_volume_rows("tuned", "mri", base_v - rng.uniform(0.05, 0.15, 7))]
+    d = task_differences(rows + tuned, "tuned", "base", "mode3")
+    assert d["a"]["noise"] == "cases" and d["mri"]["noise"] == "images"
+    assert d["mri"]["n_cases"] == 1 and d["mri"]["n_rows"] == 7
+    assert d["mri"]["high"] < 0 and significantly_worse(d) == ["mri"]
+    r = choose_box_decoder(rows + tuned, modes=(3,))
+    assert r["mean_of_tasks_diff"] > 0
+    assert r["decoder"] == "base" and "mri (mode 3" in r["reason"]
+    assert "1 case, its 7 images resampled" in r["reason"]
+    # the same volume only slightly and noisily worse: within its noise, one decoder
+    noisy = [*_rows("tuned", "a", base_a + 0.2),
+             *_volume_rows("tuned", "mri", base_v + rng.normal(-0.005, 0.05, 7))]
+    r = choose_box_decoder(rows + noisy, modes=(3,))
+    assert r["decoder"] == "tuned", r["reason"]
+    # one image: no noise estimate at all, said so
+    one = task_differences([*_rows("base", "x", [0.5]), *_rows("tuned", "x", [0.3])],
+                           "tuned", "base", "mode3")
+    assert one["x"]["noise"] == "none" and significantly_worse(one) == []
+
+
 def test_summaries_and_task_table_agree():
     rows = [*_rows("m", "a", [0.2, 0.4]), *_rows("m", "b", [0.9, 0.7, 0.8])]
     summ = {(s.task): s for s in summarize(rows, n_boot=200)}

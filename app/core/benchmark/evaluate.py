@@ -27,7 +27,8 @@ from app.core.benchmark.datasets import ImageSample
 from app.core.benchmark.stats import case_key, mean_of_tasks_ci
 
 __all__ = ["evaluate", "summarize", "task_table", "Summary", "mean_of_tasks_ci",
-           "case_of", "PrecomputedMethod"]
+           "case_of", "PrecomputedMethod", "paired_by_task", "task_differences",
+           "significantly_worse"]
 
 
 def case_of(row: Mapping[str, Any]) -> str:
@@ -235,9 +236,15 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, n_boot: int = 2000,
 
 def paired_by_task(rows: Sequence[Mapping[str, Any]], method_a: str, method_b: str,
                    protocol: str, selection: str = "first", click: int = 0,
-                   **kw) -> dict[str, dict[str, float]]:
-    """Per task, ``method_a - method_b`` IoU on the same images (paired, case bootstrap):
-    ``{task: {"mean_diff", "low", "high", "p_wilcoxon", "n_cases"}}``."""
+                   unit: str = "case", **kw) -> dict[str, dict[str, float]]:
+    """Per task, ``method_a - method_b`` IoU on the same images (paired, bootstrap):
+    ``{task: {"mean_diff", "low", "high", "p_wilcoxon", "n_cases", "n_rows"}}``.
+
+    ``unit="case"`` resamples cases (the slices of a volume move together); ``"image"``
+    resamples images (each slice on its own): the only noise estimate a task of one volume
+    has, and a narrower one, since neighbouring slices are alike."""
+    if unit not in ("case", "image"):
+        raise ValueError(f"unit must be 'case' or 'image'; got {unit!r}")
     stats = _stats()
     pairs: dict[str, dict[tuple, dict[str, float]]] = {}
     for r in rows:
@@ -253,9 +260,37 @@ def paired_by_task(rows: Sequence[Mapping[str, Any]], method_a: str, method_b: s
             continue
         a = np.array([d[method_a] for _, d in both])
         b = np.array([d[method_b] for _, d in both])
-        cases = np.array([f"{k[0]}/{str(k[1]).split(':z')[0]}" for k, _ in both])
+        cases = np.array([f"{k[0]}/{k[1] if unit == 'image' else str(k[1]).split(':z')[0]}"
+                          for k, _ in both])
         out[task] = dict(stats.paired_difference(a, b, cases, **kw))
     return out
+
+
+def task_differences(rows: Sequence[Mapping[str, Any]], method_a: str, method_b: str,
+                     protocol: str, selection: str = "first", click: int = 0,
+                     **kw) -> dict[str, dict[str, Any]]:
+    """:func:`paired_by_task` with each task's own noise estimate, as routing and the model
+    card judge "significantly worse": the case bootstrap where a task has two cases or more;
+    for a task of one case (one volume's slices), the bootstrap over its images; for a task
+    of one image, none (``low``/``high`` NaN). ``noise`` says which: ``"cases"``,
+    ``"images"`` or ``"none"``."""
+    out = paired_by_task(rows, method_a, method_b, protocol, selection, click, **kw)
+    single = [t for t, r in out.items() if r["n_cases"] < 2]
+    by_image = (paired_by_task(rows, method_a, method_b, protocol, selection, click,
+                               unit="image", **kw) if single else {})
+    for task in out:
+        if task in single:
+            r = {**by_image[task], "n_cases": out[task]["n_cases"]}
+            r["noise"] = "images" if r["n_rows"] >= 2 else "none"
+        else:
+            r = {**out[task], "noise": "cases"}
+        out[task] = r
+    return out
+
+
+def significantly_worse(diffs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The tasks of :func:`task_differences` whose whole 95 % interval lies below 0."""
+    return [t for t, r in diffs.items() if r["high"] < 0]
 
 
 def task_table(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
