@@ -95,32 +95,59 @@ CLICKS = 9
 
 
 def card_rows(data: Path, out: Path, previous: Path | None, max_slices: int,
-              device: str | None = None):
-    """Benchmark rows of base / previous / shipped on the model's validation cases.
+              device: str | None = None, run_dir: Path | None = None):
+    """Benchmark rows of base / previous / shipped on the model's validation cases, made by
+    ``samscope benchmark`` itself: :func:`app.core.benchmark.runner.run_benchmark` on the data
+    folder with the model's validation split as its case list, the same call as::
 
-    Every number is a row of :func:`app.core.benchmark.evaluate.evaluate`, the runner's own
-    code: ``samscope benchmark`` on the same data (``--max-slices 12 --seed 0``) gives the
-    same row for each validation image.
+        samscope benchmark DATA --cases OUT --methods litemedsam,litemedsam_points \
+            --modes 1,3,5 --protocol paper,standard --clicks 9 --target-iou 1 \
+            --selection first,oracle --max-slices 12 --seed 0
+
+    (with the three models under the card's names). The rows are read back from the run's
+    ``results.csv`` (``run_dir``, or a temporary folder); a task is named after its dataset
+    when the dataset has one task, as in training.
     """
+    import shutil
+    import tempfile
+
+    from app.core.benchmark.results import load_results
+    from app.core.benchmark.runner import BenchmarkPlan, read_case_list, run_benchmark
     from app.core.engine import Engine
-    from app.core.finetune import benchmark_rows
+    from app.core.methods.sam_family import SamFamilyMethod
     from app.core.models.finetuned import load_finetuned, read_manifest
     from app.core.models.registry import load_model
 
     manifest = read_manifest(out)
-    val_cases = set(manifest["data"]["val_cases"])
-    val = [s for s in collect(data, max_slices) if s.case in val_cases]
-    base = load_model("litemedsam", device=device or "cpu")
-    engine = Engine(base, cache_bytes=1 << 40)
-    embs = [engine.embed(s.image) for s in val]
-    models = {"base": base, "shipped": load_finetuned(out, device=device or "cpu")}
+    dev = device or "cpu"
+    models = {"base": load_model("litemedsam", device=dev),
+              "shipped": load_finetuned(out, device=dev)}
     if previous is not None:
-        models["previous"] = load_finetuned(previous, device=device or "cpu")
-    seed = manifest["recipe"]["seed"]
-    rows = benchmark_rows(models, val, embs, modes=(1, 3, 5), protocols=("paper", "standard"),
-                          clicks=CLICKS, selections=("first", "oracle"), seed=seed,
-                          target_iou=1.0)
-    return rows, val
+        models["previous"] = load_finetuned(previous, device=dev)
+    methods = {n: SamFamilyMethod(n, engine=Engine(m, cache_bytes=1 << 40))
+               for n, m in models.items()}
+    keep = run_dir is not None
+    folder = Path(run_dir) if keep else Path(tempfile.mkdtemp(prefix="samscope_card_"))
+    try:
+        plan = BenchmarkPlan(
+            data=data, out_dir=folder, methods=tuple(methods), modes=(1, 3, 5),
+            protocols=("paper", "standard"), clicks=CLICKS, target_iou=1.0,
+            selections=("first", "oracle"), seed=manifest["recipe"]["seed"],
+            max_slices=max_slices, cases=read_case_list(out), save_masks=False,
+            prebuilt_methods=methods)
+        run_benchmark(plan)
+        df = load_results(folder)
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    n_tasks = df.groupby("dataset")["task"].nunique().to_dict()
+    rows = []
+    for r in df.to_dict("records"):
+        r["task"] = r["dataset"] if n_tasks[r["dataset"]] == 1 else f"{r['dataset']}/{r['task']}"
+        r["iou"] = None if r["iou"] != r["iou"] else float(r["iou"])
+        r["click"] = int(r["click"])
+        rows.append(r)
+    return rows
 
 
 def targets(summ: dict, rows) -> list[str]:
@@ -252,18 +279,19 @@ prompts.
 
 ## Validation (cases never trained on), through the benchmark
 
-Every number below is computed by the benchmark runner's own code
-(`app.core.benchmark.evaluate`, which drives `runner._run_mode` / `_run_clicks`: the same
-prompt simulation, candidate selection and IoU), on the {data['n_val_images']} validation
-images ({len(data['val_cases'])} cases). `samscope benchmark` gives the same row for each of
-these images:
+Every number below is a row of `samscope benchmark` itself: the training script runs the
+benchmark (`run_benchmark`) on the data folder with this model's validation cases as its case
+list, on the {data['n_val_images']} validation images ({len(data['val_cases'])} cases), and
+reads the rows back from its `results.csv`. From the command line (base and shipped model):
 
-    samscope benchmark ../shared/data --methods litemedsam,litemedsam_points --modes 1,3,5 \\
-        --protocol paper,standard --clicks 9 --target-iou 1 --selection first,oracle \\
-        --max-slices 12 --seed 0 --out runs/card
+    samscope benchmark ../shared/data --cases assets/models/litemedsam_points \\
+        --methods litemedsam,litemedsam_points --modes 1,3,5 --protocol paper,standard \\
+        --clicks 9 --target-iou 1 --selection first,oracle --max-slices 12 --seed 0 \\
+        --out runs/card
 
-(then keep the rows of the validation cases listed in `manifest.json`; the test
-`tests/core/test_click_model_eval.py` checks that the two paths give identical rows).
+(`--cases MODEL_FOLDER` keeps the cases its `manifest.json` validated on). Training's own
+validation goes through the runner's in-memory entry point (`app.core.benchmark.evaluate`),
+which `tests/core/test_click_model_eval.py` checks gives the runner's rows exactly.
 Mean IoU against the whole ground-truth mask; **[low, high]** = 95 % bootstrap interval over
 cases (slices of a volume resampled together); "mean of tasks" = unweighted mean over tasks,
 its interval resampling cases within each task. Models: {'; '.join(f'**{n}** = {d}' for n, d in present)}.
@@ -388,7 +416,8 @@ def reevaluate(args) -> int:
 
     t0 = time.time()
     out = args.out
-    rows, _ = card_rows(args.data, out, args.previous, args.max_slices, args.device)
+    rows = card_rows(args.data, out, args.previous, args.max_slices, args.device,
+                     args.card_run)
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     manifest["validation"]["card"] = {
         name: task_table([r for r in rows if r["method"] == name])
@@ -437,6 +466,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-card", action="store_true",
                     help="train and save only (variant runs); the card comes from "
                     "--evaluate-only")
+    ap.add_argument("--card-run", type=Path, default=None,
+                    help="keep the card's benchmark run folder here (results.csv, report)")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="re-score the model already in --out on its validation split (base, "
                     "fine-tuned decoder, routed model), update its manifest and model card")

@@ -170,6 +170,10 @@ def register(subparsers) -> None:
                    help="per 3D case and task, a reproducible subset of N non-empty slices")
     p.add_argument("--datasets", type=_str_list, default=None,
                    help="only these datasets of a suite (comma-separated names)")
+    p.add_argument("--cases", metavar="FILE", default=None,
+                   help="only these cases: a text file of dataset/case lines, or a fine-tuned "
+                   "model's folder (its validation cases, so the model card's rows are "
+                   "reproduced)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="how SAM-family networks run: auto (the default, or $SAMSCOPE_BACKEND: "
@@ -268,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ["SAMSCOPE_BACKEND"] = args.backend  # every model the runner loads
     from app.core.benchmark.report import write_report
     from app.core.benchmark.results import read_manifest
-    from app.core.benchmark.runner import BenchmarkPlan, iter_benchmark
+    from app.core.benchmark.runner import BenchmarkPlan, iter_benchmark, read_case_list
 
     modes = [m for m in args.modes if m != "everything"]
     if "everything" in args.modes:
@@ -283,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
         protocols=args.protocol, clicks=args.clicks, target_iou=args.target_iou,
         selections=args.selection, seed=args.seed, resume=args.resume, jitter=args.jitter,
         repeats=args.repeats, max_cases=args.max_cases, max_slices=args.max_slices,
-        datasets=args.datasets, device=args.device, nsd_tolerance_mm=args.nsd_tolerance_mm,
+        datasets=args.datasets, cases=None if args.cases is None else read_case_list(
+            args.cases), device=args.device, nsd_tolerance_mm=args.nsd_tolerance_mm,
         save_masks=not args.no_masks, rebuild_manifest=args.rebuild_manifest,
         ray=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
     )

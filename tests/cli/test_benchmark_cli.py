@@ -206,3 +206,38 @@ def test_everything_mode_skips_a_method_without_an_embedding(pairs, tmp_path):
     assert len(df) == 3 * 3 and df["iou"].isna().all()
     assert df["note"].str.contains("not a SAM-family model").all()
     assert (df["prompt_supported"].astype(str).str.lower() == "false").all()
+
+
+def test_a_case_list_or_a_models_validation_split_limits_the_run(pairs, tmp_path, capsys):
+    """``--cases``: a text file of dataset/case lines, or a fine-tuned model's folder (its
+    validation cases): only those cases are run, and the run resumes with the same list."""
+    import json
+
+    listed = tmp_path / "cases.txt"
+    listed.write_text("# the model card's cases\nblobs/case2\n\nblobs/case0  # first\n")
+    out = tmp_path / "run"
+    args = ["benchmark", str(pairs), "--methods", "region_growing", "--modes", "3",
+            "--cases", str(listed), "--out", str(out)]
+    assert main(args) == 0
+    assert "2/2 cases" in capsys.readouterr().err
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df["case"]) == ["case0", "case2"]
+    assert main([*args, "--resume"]) == 0
+    assert len(pd.read_csv(out / "results.csv")) == 2
+    # a model folder: the cases its manifest validated on
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "manifest.json").write_text(json.dumps({"data": {"val_cases": ["blobs/case1"]}}))
+    out2 = tmp_path / "run2"
+    assert main([*args[:-4], "--cases", str(model), "--out", str(out2)]) == 0
+    assert list(pd.read_csv(out2 / "results.csv")["case"]) == ["case1"]
+    # a name that matches nothing is named, and nothing runs
+    listed.write_text("blobs/case0\nblobs/case9\n")
+    assert main([*args[:-2], "--out", str(tmp_path / "run3")]) == 2
+    err = capsys.readouterr().err
+    assert "blobs/case9" in err and "match no case" in err
+    assert not (tmp_path / "run3" / "results.csv").exists()
+    listed.write_text("case0\n")
+    assert main([*args[:-2], "--out", str(tmp_path / "run4")]) == 2
+    err = capsys.readouterr().err
+    assert "line 1" in err and "not dataset/case" in err

@@ -78,6 +78,7 @@ __all__ = [
     "iter_benchmark",
     "group_id",
     "plan_from_manifest",
+    "read_case_list",
     "run_benchmark",
     "select_candidate",
 ]
@@ -136,6 +137,10 @@ class BenchmarkPlan:
         Per 3D case and task, a reproducible random subset of non-empty slices.
     datasets : sequence of str or None
         Only these dataset names (of a suite).
+    cases : sequence of str or None
+        Only these cases, each ``"dataset/case"`` (as results rows name them: a fine-tuned
+        model's validation split, :func:`read_case_list`); with ``max_cases``, the first N
+        of those. A name that matches no case is an error naming it.
     device : str or None
     nsd_tolerance_mm : float
     save_masks : bool
@@ -177,6 +182,7 @@ class BenchmarkPlan:
     max_cases: int | None = None
     max_slices: int | None = None
     datasets: Sequence[str] | None = None
+    cases: Sequence[str] | None = None
     device: str | None = None
     nsd_tolerance_mm: float = 2.0
     save_masks: bool = True
@@ -258,6 +264,10 @@ class BenchmarkPlan:
         d["methods"] = list(self.methods)
         d["selections"] = None if self.selections is None else list(self.selections)
         d["datasets"] = None if self.datasets is None else list(self.datasets)
+        if self.cases is None:
+            del d["cases"]  # the form of runs before case lists (their digest kept)
+        else:
+            d["cases"] = sorted(set(self.cases))
         return json.loads(json.dumps(d, default=str))
 
     def digest(self) -> str:
@@ -737,21 +747,33 @@ class _PlanCases(Sequence):
     million-image plan holds no million objects. Iterating makes the refs one at a time
     (the order of :func:`~app.core.benchmark.datasets.iter_cases`)."""
 
-    def __init__(self, datasets: Sequence[Any], max_cases: int | None) -> None:
+    def __init__(self, datasets: Sequence[Any], max_cases: int | None,
+                 only: Sequence[str] | None = None) -> None:
         from array import array
 
         self._datasets = list(datasets)
         self._max = max_cases
         self._orders: list[Any] = []
         self._starts = [0]
+        wanted = None if only is None else set(only)
         for d in self._datasets:
             order = (d.cases.natural_order() if hasattr(d.cases, "natural_order") else
                      array("q", sorted(range(len(d.cases)),
                                        key=lambda i, c=d.cases: natural_key(c[i].case))))
+            if wanted is not None:
+                keep = [i for i in order if f"{d.name}/{d.cases[i].case}" in wanted]
+                wanted -= {f"{d.name}/{d.cases[i].case}" for i in keep}
+                order = array("q", keep)
             if max_cases is not None:
                 order = order[:max_cases]
             self._orders.append(order)
             self._starts.append(self._starts[-1] + len(order))
+        if wanted:
+            missing = sorted(wanted)
+            raise InputValueError(
+                f"{len(missing)} listed case(s) match no case of the data: "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (cases are "
+                "named dataset/case, as in results.csv)")
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -885,6 +907,8 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
     datasets = [d for d in suite.datasets if plan.datasets is None or d.name in plan.datasets]
     if not datasets:
         raise DatasetError(f"{plan.data}: none of the datasets {list(plan.datasets or [])} found")
+    # an unknown case name fails here, before any file is written
+    cases = _PlanCases(datasets, plan.max_cases, plan.cases)
     # a bad method name or a missing checkpoint fails here, before any file is written
     pool = None
     if plan.ray is not None:
@@ -910,7 +934,6 @@ def _locked_run(run: _Run, lock: RunLock, on_progress: Callable[[Progress], None
     if plan.resume and not old and store.rows_existing:
         run.log(f"rebuilding {out / 'manifest.json'} from the rows (plan digest {run.digest})")
     run.skipped.extend(s for d in datasets for s in d.skipped)
-    cases = _PlanCases(datasets, plan.max_cases)
     for d in datasets:
         run.log(f"dataset {d.name} ({d.layout}): {len(d.cases)} cases, tasks "
                 f"{', '.join(t.name for t in d.tasks)}; {len(d.skipped)} files skipped")
@@ -1204,10 +1227,54 @@ def plan_from_manifest(out_dir: str | os.PathLike, **changes: Any) -> BenchmarkP
     opts.pop("everything_effective", None)  # derived from the methods and everything_options
     for k in ("modes", "protocols", "methods", "grids"):
         opts[k] = tuple(opts.get(k) or ())
-    for k in ("selections", "datasets"):
+    for k in ("selections", "datasets", "cases"):
         if opts.get(k) is not None:
             opts[k] = tuple(opts[k])
     return BenchmarkPlan(out_dir=out_dir, resume=True, **opts, **changes)
+
+
+def read_case_list(path: str | os.PathLike) -> tuple[str, ...]:
+    """The cases a benchmark should keep (:attr:`BenchmarkPlan.cases`), from ``path``:
+
+    - a fine-tuned model's folder or its ``manifest.json``: its validation cases
+      (``data.val_cases``), so ``samscope benchmark DATA --cases MODEL`` scores exactly the
+      images the model was validated on;
+    - otherwise a text file, one ``dataset/case`` per line (blank lines and ``#`` comments
+      skipped).
+
+    Raises
+    ------
+    InputValueError
+        The file is missing or unreadable, a manifest lists no validation cases, or a line
+        is not ``dataset/case`` (its number named).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.json"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputValueError(f"cannot read the case list {p}: {exc}") from None
+    if p.suffix == ".json":
+        try:
+            cases = json.loads(text)["data"]["val_cases"]
+        except (ValueError, KeyError, TypeError):
+            raise InputValueError(f"{p} lists no validation cases (data.val_cases): not a "
+                                  "fine-tuned model's manifest") from None
+        if not cases:
+            raise InputValueError(f"{p}: its validation case list is empty")
+        return tuple(str(c) for c in cases)
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        if "/" not in name.strip("/"):
+            raise InputValueError(f"{p}, line {n}: {name!r} is not dataset/case")
+        out.append(name)
+    if not out:
+        raise InputValueError(f"the case list {p} names no case")
+    return tuple(out)
 
 
 def run_benchmark(plan: BenchmarkPlan, **kwargs: Any) -> Path:
