@@ -7,7 +7,11 @@ Usage::
         [--json variants.json]
 
 Each model folder is scored by :func:`app.core.benchmark.evaluate.evaluate` (the runner's own
-prompt simulation, selection and IoU) on the validation cases listed in ``--split``'s manifest:
+prompt simulation, selection and IoU) on the validation cases listed in ``--split``'s manifest,
+or, for a cross-validated variant (``NAME=F0,F1,...::what``, the fold models of
+``scripts/train_litemedsam_points.py --folds K --fold I``), each fold model on the validation
+cases of its own manifest, their rows pooled (every case of the data scored once; compare it
+with a ``base`` entry, which is then scored on the union of the folds' cases):
 modes 1, 3 and 5, and the paper and standard iterative protocols for 9 clicks (target IoU 1,
 so no run stops early), first and oracle candidates. Prints the mean over tasks with 95 %
 case-bootstrap intervals, paired differences against the first model, and the seconds taken;
@@ -42,8 +46,9 @@ def _script():
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--split", type=Path, required=True,
-                    help="a model folder whose manifest lists the validation cases")
+    ap.add_argument("--split", type=Path, default=None,
+                    help="a model folder whose manifest lists the validation cases (default: "
+                    "each model's own, pooled over a variant's folds)")
     ap.add_argument("--model", action="append", required=True,
                     help="NAME=FOLDER::what changed (FOLDER 'base' = LiteMedSAM as bundled)")
     ap.add_argument("--max-slices", type=int, default=12)
@@ -60,22 +65,35 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     train = _script()
-    val_cases = set(read_manifest(args.split)["data"]["val_cases"])
-    val = [s for s in train.collect(args.data, args.max_slices) if s.case in val_cases]
-    base = load_model("litemedsam", device="cpu")
-    engine = Engine(base, cache_bytes=1 << 40)
-    embs = [engine.embed(s.image) for s in val]
-    print(f"{len(val)} validation images embedded in {time.perf_counter() - t0:.0f} s",
-          flush=True)
-    out, rows_all = [], []
+    specs = []
     for spec in args.model:
         name, rest = spec.split("=", 1)
-        folder, _, what = rest.partition("::")
-        model = base if folder == "base" else load_finetuned(folder, device="cpu")
+        folders, _, what = rest.partition("::")
+        specs.append((name, folders.split(","), what))
+
+    def cases_of(folder):
+        return set(read_manifest(args.split or folder)["data"]["val_cases"])
+
+    fold_cases = {f: cases_of(f) for _, fs, _ in specs for f in fs if f != "base"}
+    all_cases = set().union(*fold_cases.values()) if fold_cases else set()
+    samples = [s for s in train.collect(args.data, args.max_slices) if s.case in all_cases]
+    base = load_model("litemedsam", device="cpu")
+    engine = Engine(base, cache_bytes=1 << 40)
+    embs = {id(s): engine.embed(s.image) for s in samples}
+    print(f"{len(samples)} validation images ({len(all_cases)} cases) embedded in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    out, rows_all = [], []
+    for name, folders, what in specs:
+        folder = ",".join(folders)
         ts = time.perf_counter()
-        rows = benchmark_rows({name: model}, val, embs, modes=(1, 3, 5),
-                              protocols=("paper", "standard"), clicks=train.CLICKS,
-                              selections=("first", "oracle"), target_iou=1.0)
+        rows = []
+        for f in folders:
+            model = base if f == "base" else load_finetuned(f, device="cpu")
+            val = [s for s in samples if f == "base" or s.case in fold_cases[f]]
+            rows += benchmark_rows({name: model}, val, [embs[id(s)] for s in val],
+                                   modes=(1, 3, 5), protocols=("paper", "standard"),
+                                   clicks=train.CLICKS, selections=("first", "oracle"),
+                                   target_iou=1.0)
         rows_all += rows
         summ = {(s.protocol, s.selection, s.click): s for s in summarize(rows)
                 if s.task == "mean of tasks"}

@@ -466,6 +466,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-card", action="store_true",
                     help="train and save only (variant runs); the card comes from "
                     "--evaluate-only")
+    ap.add_argument("--folds", type=int, default=0,
+                    help="cross-validation: split the cases into this many folds "
+                    "(folds_by_case) and train on all but --fold; the variants bench pools "
+                    "the fold models' validation rows so every case is scored once")
+    ap.add_argument("--fold", type=int, default=0, help="the fold held out (0-based)")
     ap.add_argument("--card-run", type=Path, default=None,
                     help="keep the card's benchmark run folder here (results.csv, report)")
     ap.add_argument("--evaluate-only", action="store_true",
@@ -475,7 +480,7 @@ def main(argv=None) -> int:
     if args.evaluate_only:
         return reevaluate(args)
 
-    from app.core.finetune import FinetuneConfig, finetune, split_by_case
+    from app.core.finetune import FinetuneConfig, finetune, folds_by_case, split_by_case
     from app.core.models.finetuned import save_finetuned
 
     t0 = time.time()
@@ -491,7 +496,12 @@ def main(argv=None) -> int:
                          threads=args.threads, val_every=args.val_every, patience=0,
                          batch_size=args.batch_size,
                          init=None if args.init in ("", "none") else args.init, **overrides)
-    train, val = split_by_case(samples, cfg.val_fraction, cfg.seed)
+    if args.folds:
+        if not 0 <= args.fold < args.folds:
+            ap.error(f"--fold must be in 0..{args.folds - 1}")
+        train, val = folds_by_case(samples, args.folds, cfg.seed)[args.fold]
+    else:
+        train, val = split_by_case(samples, cfg.val_fraction, cfg.seed)
     print(f"{len(samples)} images: {len(train)} train, {len(val)} validation "
           f"({len({s.case for s in val})} cases)", flush=True)
 

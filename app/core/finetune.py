@@ -54,6 +54,7 @@ __all__ = [
     "FinetuneResult",
     "load_training_samples",
     "split_by_case",
+    "folds_by_case",
     "sample_prompt",
     "evaluate_modes",
     "benchmark_rows",
@@ -264,6 +265,43 @@ def split_by_case(samples: Sequence[TrainingSample], val_fraction: float,
     train = [s for s in samples if s.case not in val_cases]
     val = [s for s in samples if s.case in val_cases]
     return train, val
+
+
+def folds_by_case(samples: Sequence[TrainingSample], k: int,
+                  seed: int) -> list[tuple[list[TrainingSample], list[TrainingSample]]]:
+    """``k`` (train, validation) splits by case in which every case of a dataset with two
+    cases or more is validated exactly once (cross-validation), reproducibly.
+
+    Per dataset the cases are shuffled (seeded by ``seed`` and the dataset) and dealt to the
+    folds in turn, so each fold holds about ``1 / k`` of every dataset; a dataset with fewer
+    cases than folds validates in its first folds only, and a dataset of one case trains in
+    every fold. Slices of a volume never straddle a fold's split. Models trained on the
+    folds, each scored on its own validation cases, together score every such case once
+    (``bench/click_model_variants.py`` pools them to rank recipes on all the data).
+
+    Raises
+    ------
+    ValueError
+        ``k`` below 2.
+    """
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds; got {k}")
+    from app.core.prompts import derive_rng
+
+    by_ds: dict[str, list[str]] = {}
+    for s in samples:
+        cases = by_ds.setdefault(s.dataset or s.task.split("/")[0], [])
+        if s.case not in cases:
+            cases.append(s.case)
+    fold_of: dict[str, int] = {}
+    for ds, cases in sorted(by_ds.items()):
+        if len(cases) < 2:
+            continue
+        order = derive_rng(seed, "folds", ds).permutation(len(cases))
+        for j, i in enumerate(order):
+            fold_of[sorted(cases)[i]] = j % k
+    return [([s for s in samples if fold_of.get(s.case) != f],
+             [s for s in samples if fold_of.get(s.case) == f]) for f in range(k)]
 
 
 def samples_digest(samples: Iterable[TrainingSample]) -> str:

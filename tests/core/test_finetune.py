@@ -92,6 +92,37 @@ def test_split_is_by_case_per_dataset_and_reproducible():
     assert [s.source for s in again] == [s.source for s in val]
 
 
+def test_cross_validation_folds_validate_every_case_once():
+    from app.core.finetune import folds_by_case
+
+    samples = [_sample(f"a/{i}", "a") for i in range(10)]
+    samples += [_sample(f"vol/{i}", "vol", z) for i in range(3) for z in range(4)]
+    samples += [_sample("single/0", "single", z) for z in range(3)]
+    folds = folds_by_case(samples, 4, seed=3)
+    assert len(folds) == 4
+    seen: list[str] = []
+    for train, val in folds:
+        tr_cases, va_cases = {s.case for s in train}, {s.case for s in val}
+        assert not tr_cases & va_cases
+        assert len(train) + len(val) == len(samples)
+        assert "single/0" in tr_cases
+        # every dataset keeps training cases; about a quarter of "a" in each fold
+        assert any(c.startswith("vol/") for c in tr_cases)
+        assert 2 <= sum(c.startswith("a/") for c in va_cases) <= 3
+        # the slices of a volume stay together
+        for c in va_cases:
+            assert sum(s.case == c for s in val) == sum(s.case == c for s in samples)
+        seen += sorted(va_cases)
+    assert sorted(seen) == sorted({s.case for s in samples} - {"single/0"})
+    again = folds_by_case(samples, 4, seed=3)
+    assert [[s.source for s in v] for _, v in again] == [[s.source for s in v]
+                                                         for _, v in folds]
+    assert [[s.case for s in v] for _, v in folds_by_case(samples, 4, seed=4)] != [
+        [s.case for s in v] for _, v in folds]
+    with pytest.raises(ValueError, match="2 folds"):
+        folds_by_case(samples, 1, seed=0)
+
+
 def test_split_rejects_a_bad_fraction():
     with pytest.raises(ValueError, match="val_fraction"):
         split_by_case([_sample("a/0", "a")], 1.0, 0)
