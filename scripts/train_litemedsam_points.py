@@ -241,8 +241,8 @@ def model_card(manifest: dict, rows=None, variants: list | None = None) -> str:
     vt = ""
     if variants:
         vt = ("\n\n### Recipe variants\n\n"
-              "Each variant continued from the same start for the same wall-clock budget on "
-              "this CPU (shared with other work, so the step counts differ) and was validated "
+              "Each variant trained on this CPU (one torch thread, two runs side by side) "
+              "from the start and for the budget its row names, and was validated "
               "through the benchmark (`finetune`'s validation: mean over tasks, first candidate, "
               "torch backend) on the validation split; the best validated step was kept.\n\n"
               "| variant | what changed | steps (best) | click (mode 1) | box (mode 3) | "
@@ -438,15 +438,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "models" / "litemedsam_points")
-    ap.add_argument("--steps", type=int, default=147)
+    ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="AdamW learning rate (default: FinetuneConfig's, the shipped recipe's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-slices", type=int, default=12)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--init", default="litemedsam_points",
-                    help="start from this model's decoder ('none': from the base decoder)")
+    ap.add_argument("--init", default="none",
+                    help="start from this model's decoder (registry name or folder; default "
+                    "'none': from the base decoder)")
     ap.add_argument("--augment-copies", type=int, default=None)
     ap.add_argument("--distill-weight", type=float, default=None)
     ap.add_argument("--p-iterative", type=float, default=None)
@@ -454,8 +456,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size-balance", type=float, default=None)
     ap.add_argument("--every-click-loss", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--distill-dice", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--first-weight", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--val-every", type=int, default=25)
+    ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--store", type=Path, default=None,
                     help="embedding store folder (variants reuse the frozen encoder's output)")
     ap.add_argument("--previous", type=Path, default=None,
@@ -491,8 +494,10 @@ def main(argv=None) -> int:
                                     ("monotone_weight", args.monotone_weight),
                                     ("size_balance", args.size_balance),
                                     ("every_click_loss", args.every_click_loss),
-                                    ("distill_dice", args.distill_dice)) if v is not None}
-    cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, seed=args.seed, lr=args.lr,
+                                    ("distill_dice", args.distill_dice),
+                                    ("first_weight", args.first_weight),
+                                    ("lr", args.lr)) if v is not None}
+    cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, seed=args.seed,
                          threads=args.threads, val_every=args.val_every, patience=0,
                          batch_size=args.batch_size,
                          init=None if args.init in ("", "none") else args.init, **overrides)
@@ -555,9 +560,9 @@ def main(argv=None) -> int:
     saved = read_manifest(out)
     if args.init not in ("", "none"):
         saved["init_description"] = (
-            f"the decoder of {args.init} as shipped before this run (weights SHA-256 "
-            f"{_init_sha(args, cfg)}), itself trained from the base decoder with the previous "
-            "recipe; the base LiteMedSAM decoder is the distillation teacher")
+            f"the decoder of {args.init} (weights SHA-256 {_init_sha(args, cfg)}; its own "
+            "manifest records how it was trained); the base LiteMedSAM decoder is the "
+            "distillation teacher")
         saved["recipe"]["init"] = args.init
         (out / "manifest.json").write_text(json.dumps(saved, indent=2))
     print(json.dumps(saved["training"]["history"], indent=1))

@@ -18,6 +18,8 @@ __all__ = ["register", "run"]
 
 
 def register(subparsers) -> None:
+    from app.core.finetune import FinetuneConfig  # numpy only; no torch at CLI start
+
     p = subparsers.add_parser(
         "finetune", help="fine-tune a model's prompt encoder and mask decoder on labelled images",
         description="Fine-tune the prompt encoder and mask decoder of a registry model on a "
@@ -34,8 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.25,
                    help="share of each dataset's cases held out for validation (default 0.25)")
-    p.add_argument("--lr", type=float, default=3e-5, help="AdamW learning rate (default 3e-5, "
-                   "the shipped recipe's)")
+    p.add_argument("--lr", type=float, default=FinetuneConfig.lr,
+                   help=f"AdamW learning rate (default {FinetuneConfig.lr:g}, the shipped recipe's)")
     p.add_argument("--batch-size", type=int, default=0, help="prompts per step "
                    "(default 4 on CPU, 16 on GPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
