@@ -423,7 +423,7 @@ class FinetuneConfig:
     distill_weight: float = 1.0
     every_click_loss: bool = True
     distill_dice: bool = True
-    first_weight: float = 0.0
+    first_weight: float = 0.5
     init: str | None = None
 
     def __post_init__(self) -> None:
