@@ -230,10 +230,17 @@ def model_card(manifest: dict, rows=None, variants: list | None = None) -> str:
                     _ci(get(name, proto, sel, k)) for k in (1, 5, 9)) + " |")
     # per-task differences behind the routing
     routing = v.get("box_routing", {})
-    t4 = ["| task | mode | shipped decoder − base, mean | 95 % CI | resampled | Wilcoxon p "
-          "| cases | images |", "|---|---|---|---|---|---|---|---|"]
+    # routed: the shipped model's boxes are the base's, so the evidence is the fine-tuned
+    # decoder's own box rows, paired at training time (the routing decision's table)
+    routed = box_decoder == "base" and routing.get("per_task")
+    t4 = ["| task | mode | " + ("fine-tuned decoder (not used for boxes)" if routed else
+                                "shipped decoder") + " − base, mean | 95 % CI | resampled "
+          "| Wilcoxon p | cases | images |", "|---|---|---|---|---|---|---|---|"]
     for mode in (3, 5):
-        per = task_differences(rows, "shipped", "base", f"mode{mode}") if rows else {}
+        if routed:
+            per = routing["per_task"].get(f"mode{mode}", {})
+        else:
+            per = task_differences(rows, "shipped", "base", f"mode{mode}") if rows else {}
         for task, r in per.items():
             t4.append(f"| {task} | {mode} | {r['mean_diff']:+.3f} | {r['low']:+.3f} to "
                       f"{r['high']:+.3f} | {r['noise']} | {_fmt(r.get('p_wilcoxon'))} | "
@@ -321,8 +328,10 @@ With intervals at clicks 1, 5 and 9:
 ### Box routing (decided by evidence)
 
 {route_text}. Rule: {manifest['validation'].get('box_decoder_rule', '')}. Decision at
-training time: {routing.get('reason', '–')}. Paired differences of the shipped model against
-the base on the card's rows:
+training time: {routing.get('reason', '–')}. {"Paired differences of the fine-tuned decoder's "
+"box answers against the base's, on the validation images at training time (the routing's "
+"evidence; the shipped model's box rows are the base's):" if routed else "Paired differences "
+"of the shipped model against the base on the card's rows:"}
 
 {chr(10).join(t4)}
 
