@@ -62,11 +62,12 @@ DEFAULT_OPTIONS: dict[str, float | int] = {
 }
 
 #: per-model defaults that differ from :data:`DEFAULT_OPTIONS`, measured on real images
-#: (``bench/everything_filters.py``, 2 fetal_head_us + 2 cxr_lungs images, grid 32, v2
-#: decoder). Our click-tuned LiteMedSAM decoder predicts IoUs below 0.88 and softer logits
-#: than SAM: with SAM's 0.88 / 0.95 it kept no mask on any of them (match Dice 0, 0/4 objects
-#: found); 0.8 / 0.8: Dice 0.37, 1/4 found, 2 images empty; 0.6 / 0.7: Dice 0.86, 4/4 found,
-#: 7.0 masks per image (0.6 / 0.6: 0.87, 4/4, 9.8 masks)
+#: (``bench/everything_filters.py``, 2 fetal_head_us + 2 cxr_lungs images, grid 32).
+#: Our click-tuned LiteMedSAM decoder predicts IoUs below 0.88 and softer logits than SAM.
+#: v3 decoder (re-swept): SAM's 0.88 / 0.95 keeps no mask on any image (match Dice 0, 0/4
+#: objects found); 0.88 / 0.7: Dice 0.36, 1/4 found, 2 images empty; 0.5-0.7 / 0.7: Dice
+#: 0.84, 4/4 found, 8.0 masks per image (x / 0.6: 0.83, 4/4, about 10 masks; x / 0.8: 0.79,
+#: 3/4). The v2 decoder gave the same choice (0.6 / 0.7: Dice 0.86, 4/4).
 MODEL_OPTIONS: dict[str, dict[str, float | int]] = {
     "litemedsam_points": {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.7},
 }
