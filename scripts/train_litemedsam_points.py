@@ -415,6 +415,30 @@ def variants_from_manifests(specs) -> list[dict]:
     return out
 
 
+def recorded_variants(manifests) -> list[dict]:
+    """Variant rows already recorded in other models' manifests (``validation.variants``), for
+    runs whose folders are gone: their rows were measured when they were made."""
+    import json
+
+    out = []
+    for path in manifests:
+        path = Path(path)
+        m = json.loads((path / "manifest.json" if path.is_dir() else path).read_text())
+        rows = m.get("validation", {}).get("variants")
+        if not rows:
+            raise SystemExit(f"{path}: no recorded variant rows (validation.variants)")
+        out.extend(rows)
+    return out
+
+
+def card_variants(recorded_from, specs) -> list[dict]:
+    """The card's variant rows: those recorded in ``recorded_from``'s manifests, then the
+    ``specs``' (``NAME=FOLDER::what``); a variant trained again replaces its recorded row."""
+    rows = recorded_variants(recorded_from) + variants_from_manifests(specs)
+    names = [r["name"] for r in rows]
+    return [r for i, r in enumerate(rows) if r["name"] not in names[i + 1:]]
+
+
 def reevaluate(args) -> int:
     """Re-score the saved model (and the base, and ``--previous``) through the benchmark on its
     validation cases; rewrite the manifest's validation tables and the model card."""
@@ -433,8 +457,8 @@ def reevaluate(args) -> int:
         for name in ("base", "previous", "shipped") if any(r["method"] == name for r in rows)}
     manifest["validation"]["reevaluated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     variants = None
-    if args.variants:
-        variants = variants_from_manifests(args.variants)
+    if args.variants or args.variants_from:
+        variants = card_variants(args.variants_from, args.variants)
         manifest["validation"]["variants"] = variants
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     (out / "MODEL_CARD.md").write_text(model_card(manifest, rows, variants))
@@ -477,6 +501,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", action="append", default=[],
                     help="NAME=FOLDER::what changed, a recipe variant's model folder whose "
                     "training history goes into the card's variant table (repeatable)")
+    ap.add_argument("--variants-from", action="append", default=[], type=Path,
+                    help="a manifest (or model folder) whose recorded variant rows are kept in "
+                    "the card's table, listed before the --variants (repeatable)")
     ap.add_argument("--no-card", action="store_true",
                     help="train and save only (variant runs); the card comes from "
                     "--evaluate-only")
