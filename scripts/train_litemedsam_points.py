@@ -415,18 +415,17 @@ def variants_from_manifests(specs) -> list[dict]:
     return out
 
 
-def recorded_variants(manifests) -> list[dict]:
-    """Variant rows already recorded in other models' manifests (``validation.variants``), for
-    runs whose folders are gone: their rows were measured when they were made."""
-    import json
+def recorded_variants(folders) -> list[dict]:
+    """Variant rows already recorded in other model folders' manifests
+    (``validation.variants``), for runs whose folders are gone: their rows were measured when
+    they were made."""
+    from app.core.models.finetuned import read_manifest
 
     out = []
-    for path in manifests:
-        path = Path(path)
-        m = json.loads((path / "manifest.json" if path.is_dir() else path).read_text())
-        rows = m.get("validation", {}).get("variants")
+    for folder in folders:
+        rows = read_manifest(folder).get("validation", {}).get("variants")
         if not rows:
-            raise SystemExit(f"{path}: no recorded variant rows (validation.variants)")
+            raise SystemExit(f"{folder}: no recorded variant rows (validation.variants)")
         out.extend(rows)
     return out
 
@@ -502,7 +501,7 @@ def main(argv=None) -> int:
                     help="NAME=FOLDER::what changed, a recipe variant's model folder whose "
                     "training history goes into the card's variant table (repeatable)")
     ap.add_argument("--variants-from", action="append", default=[], type=Path,
-                    help="a manifest (or model folder) whose recorded variant rows are kept in "
+                    help="a model folder whose manifest's recorded variant rows are kept in "
                     "the card's table, listed before the --variants (repeatable)")
     ap.add_argument("--no-card", action="store_true",
                     help="train and save only (variant runs); the card comes from "
